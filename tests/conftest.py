@@ -1,0 +1,34 @@
+"""Shared test setup: optional oracles (torch, Chromium) skip on a reader's machine and fail under CI."""
+import importlib, os, shutil, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # lets tests `import parity`
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _missing(what, how):
+    msg = f"{what} is not available; {how}"
+    if IN_CI: pytest.fail(f"CI=true requires it: {msg}", pytrace=False)
+    pytest.skip(msg)
+
+
+def require_torch():
+    "Import torch 2.13 (the test oracle), skipping locally and failing under CI when it is missing."
+    try: torch = importlib.import_module("torch")
+    except ImportError: _missing("torch", "install it with `pip install torch==2.13.0` (or run `make test`)")
+    torch.set_num_threads(1)
+    return torch
+
+
+def require_chromium():
+    "Path of a headless-capable Chromium, skipping locally and failing under CI when there is none."
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name): return path
+    _missing("Chromium", "install it with `apt-get install chromium` (as root)")
+
+
+@pytest.fixture(scope="session")
+def torch(): return require_torch()

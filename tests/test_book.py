@@ -1,0 +1,81 @@
+"""Smoke test of the rendered book in headless Chromium: math typeset by the local MathJax, figures
+loaded, chapters linked, and nothing fetched from outside the machine. `make test` builds the book first."""
+import functools, http.server, threading
+from pathlib import Path
+import pytest, yaml
+from conftest import IN_CI, ROOT, _missing, require_chromium
+
+HTML = ROOT / "_build" / "html"
+CHAPTER = "04_sgd"  # a chapter with display math and figures
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args): pass
+
+
+@pytest.fixture(scope="module")
+def book_url():
+    if not (HTML / "index.html").exists():
+        if IN_CI: pytest.fail("the book was not built: `make test` runs `make book` first")
+        pytest.skip("the book is not built: run `make book` first")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(HTML)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = require_chromium()
+    try: from playwright.sync_api import sync_playwright
+    except ImportError: _missing("playwright", "install it with `pip install playwright` (or run `make test`)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+def load(browser, url):
+    "Open `url`, recording every request, and wait until MathJax has finished typesetting."
+    page = browser.new_page()
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(url, wait_until="load")
+    page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000)
+    page.evaluate("() => MathJax.startup.promise")
+    return page, requests
+
+
+def images_state(page):
+    return page.evaluate("() => [...document.images].map(i => ({src: i.src, ok: i.complete && i.naturalWidth > 0}))")
+
+
+def assert_local(requests, base):
+    outside = [u for u in requests if not u.startswith((base, "data:", "blob:"))]
+    assert not outside, f"the page fetched from outside the book: {outside[:5]}"
+
+
+def test_index_links_every_chapter(browser, book_url):
+    page, requests = load(browser, f"{book_url}/index.html")
+    hrefs = set(page.evaluate("() => [...document.querySelectorAll('a')].map(a => a.getAttribute('href'))"))
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    for ch in (c["file"] for part in toc["parts"] for c in part["chapters"]):
+        assert f"{ch}.html" in hrefs, f"index does not link {ch}"
+    assert page.locator("mjx-container").count() > 0, "the index's math was not typeset"
+    assert all(i["ok"] for i in images_state(page))
+    assert_local(requests, book_url)
+
+
+def test_chapter_typesets_math_and_shows_figures(browser, book_url):
+    page, requests = load(browser, f"{book_url}/{CHAPTER}.html")
+    assert page.locator("mjx-container").count() > 5, "the chapter's math was not typeset"
+    assert page.locator("mjx-container[display='true']").count() > 0, "no display equation was typeset"
+    images = images_state(page)
+    assert len(images) >= 2, "the chapter shows fewer than two figures"
+    broken = [i["src"] for i in images if not i["ok"]]
+    assert not broken, f"images did not load: {broken}"
+    body = page.inner_text("article")
+    assert "#|" not in body, "an nbdev directive is visible"
+    assert_local(requests, book_url)
