@@ -1,0 +1,168 @@
+"""Time one optimizer step of minima against PyTorch, in the same run, on three model shapes.
+
+    python bench/bench_optim.py            # the full table (a few minutes)
+    python bench/bench_optim.py --quick    # fewer repetitions, smaller big model
+
+Variants: minima's per-tensor path (foreach=False), its flat path with gradients already in the flat buffer
+(backward accumulated into the views), the flat path with new gradient arrays every step (the copy into the
+buffer is timed), the numba backend when numba is installed; torch foreach=False, foreach=True and fused.
+Runs are interleaved (one step of each variant in turn) and the median is reported. Torch runs on one thread
+(torch.set_num_threads(1)); NumPy's elementwise ufuncs are single-threaded too. Bandwidth counts the bytes a step
+must move (read p, g and the state, write p and the state) and is compared with an in-place add measured in the
+same run.
+"""
+import argparse, gc, statistics, sys, time, tracemalloc
+from pathlib import Path
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from minima.optim import Adam, SGD          # noqa: E402
+from minima.optim import flat              # noqa: E402
+
+DTYPE = np.float32
+MODELS = {  # name -> sizes of the parameter tensors
+    "big": [2_500_000] * 10,
+    "many-small": [6_250] * 400,
+    "tiny": [16] * 400,
+}
+OPTIMIZERS = {  # name -> (minima class, torch class name, keyword arguments)
+    "Adam": (Adam, "Adam", dict(lr=1e-3)),
+    "SGD momentum": (SGD, "SGD", dict(lr=1e-3, momentum=0.9)),
+}
+
+
+class Param:
+    def __init__(self, data): self.data, self.grad = data, None
+
+
+def has_numba():
+    try: flat.set_backend("numba")
+    except ImportError: return False
+    flat.set_backend("numpy")
+    return True
+
+
+def minima_variant(cls, kwargs, sizes, foreach, backend="numpy", new_grads=False, seed=0):
+    "A `step()` closure over a fresh minima model; `new_grads` gives every step gradient arrays it has not seen."
+    rng = np.random.default_rng(seed)
+    params = [Param(rng.standard_normal(n).astype(DTYPE)) for n in sizes]
+    pools = [[rng.standard_normal(n).astype(DTYPE) for n in sizes] for _ in range(2)]
+    for p, g in zip(params, pools[0]): p.grad = g.copy()
+    opt = cls(params, foreach=foreach, **kwargs)
+    count = [0]
+
+    def prepare():
+        if new_grads:
+            count[0] += 1
+            for p, g in zip(params, pools[count[0] % 2]): p.grad = g   # not a view of the flat gradient
+
+    def step():
+        previous = flat.set_backend(backend)
+        try: opt.step()
+        finally: flat.set_backend(previous)
+    for _ in range(2): prepare(); step()   # builds the flat buffers, compiles numba, creates the state
+    return prepare, step, opt
+
+
+def torch_variant(torch, cls_name, kwargs, sizes, seed=0, **flags):
+    rng = np.random.default_rng(seed)
+    params = [torch.from_numpy(rng.standard_normal(n).astype(DTYPE)).requires_grad_() for n in sizes]
+    for p in params: p.grad = torch.from_numpy(rng.standard_normal(p.numel()).astype(DTYPE))
+    opt = getattr(torch.optim, cls_name)(params, **kwargs, **flags)
+    for _ in range(2): opt.step()
+    return (lambda: None), opt.step, None
+
+
+def inplace_add_variant(n):
+    a, b = np.ones(n, DTYPE), np.full(n, 1e-7, DTYPE)
+    def step(): np.add(a, b, out=a)
+    return (lambda: None), step, None
+
+
+def time_interleaved(variants, repeats, inner):
+    "Median seconds per call of each variant; each repetition runs every variant once, in turn."
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, (prepare, step, _) in variants.items():
+            total = 0.0
+            for _ in range(inner):
+                prepare()
+                t = time.perf_counter(); step(); total += time.perf_counter() - t
+            times[name].append(total / inner)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def step_allocation(prepare, step):
+    "Peak bytes NumPy allocates during one step (tracemalloc sees NumPy's allocations, not torch's)."
+    prepare(); gc.collect()
+    tracemalloc.start(); tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    step()
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    return peak
+
+
+def run_model(torch, model, sizes, opt_name, repeats, with_numba, add_n):
+    cls, torch_name, kwargs = OPTIMIZERS[opt_name]
+    variants = {
+        "minima per-tensor": minima_variant(cls, kwargs, sizes, foreach=False),
+        "minima flat": minima_variant(cls, kwargs, sizes, foreach=True),
+        "minima flat, new grads": minima_variant(cls, kwargs, sizes, foreach=True, new_grads=True),
+    }
+    if with_numba: variants["minima numba"] = minima_variant(cls, kwargs, sizes, foreach=True, backend="numba")
+    if torch is not None:
+        variants["torch foreach=False"] = torch_variant(torch, torch_name, kwargs, sizes, foreach=False)
+        variants["torch foreach=True"] = torch_variant(torch, torch_name, kwargs, sizes, foreach=True)
+        variants["torch fused"] = torch_variant(torch, torch_name, kwargs, sizes, fused=True)
+    variants["in-place add"] = inplace_add_variant(add_n)
+    inner = 50 if sum(sizes) < 100_000 else (5 if sum(sizes) < 5_000_000 else 1)
+    medians = time_interleaved(variants, repeats, inner)
+    step_mb = flat.step_bytes(variants["minima flat"][2])
+    add_gbs = 3 * add_n * np.dtype(DTYPE).itemsize / medians.pop("in-place add") / 1e9
+    memory = {}
+    if model == "big":
+        param_bytes = sum(sizes) * np.dtype(DTYPE).itemsize
+        for name, (prepare, step, opt) in variants.items():
+            if opt is not None and name != "in-place add": memory[name] = (step_allocation(prepare, step), param_bytes)
+    return medians, step_mb, add_gbs, memory
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions and a 5M-parameter big model")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repetitions per model (default 9, quick 3)")
+    args = ap.parse_args()
+    repeats = args.repeats or (3 if args.quick else 9)
+    models = dict(MODELS)
+    if args.quick: models["big"] = [500_000] * 10
+    add_n = sum(models["big"])   # the reference bandwidth: an in-place add as large as the big model
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except ImportError:
+        torch = None
+        print("torch is not installed: minima's variants only (pip install torch==2.13.0)")
+    with_numba = has_numba()
+    if not with_numba: print("numba is not installed: no compiled backend (pip install 'minima-optim[fast]')")
+    print(f"float32; torch on {torch.get_num_threads() if torch else '-'} thread; median of {repeats} interleaved runs")
+    header = f"{'model':<11} {'optimizer':<13} {'variant':<23} {'us/step':>10} {'GB/s':>6} {'% add':>6} {'vs torch foreach':>17}"
+    for opt_name in OPTIMIZERS:
+        print("\n" + header + "\n" + "-" * len(header))
+        for model, sizes in models.items():
+            medians, nbytes, add_gbs, memory = run_model(torch, model, sizes, opt_name, repeats, with_numba,
+                                                         add_n=add_n)
+            ref = medians.get("torch foreach=True")
+            for name, t in medians.items():
+                gbs = nbytes / t / 1e9
+                ratio = f"{ref / t:.2f}x" if ref else "-"
+                print(f"{model:<11} {opt_name:<13} {name:<23} {t * 1e6:>10.1f} {gbs:>6.1f} {100 * gbs / add_gbs:>5.0f}% {ratio:>17}")
+            print(f"{model:<11} {opt_name:<13} {'(in-place add)':<23} {'':>10} {add_gbs:>6.1f}")
+            for name, (allocated, param_bytes) in memory.items():
+                print(f"{model:<11} {opt_name:<13} {'memory ' + name:<23} NumPy allocated {allocated:,} bytes in a step "
+                      f"({allocated / param_bytes:.2g} x the parameters' {param_bytes:,} bytes)")
+            gc.collect()
+
+
+if __name__ == "__main__":
+    main()
