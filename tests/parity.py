@@ -133,3 +133,19 @@ def run_state_dict_roundtrip(minima_cls, torch_cls, kwargs, *, dtype, steps=60, 
     twins.reload_minima()
     twins.run(steps - split)
     return twins
+
+
+def assert_same_error(minima_cls, torch_cls, kwargs):
+    "Both constructors reject `kwargs` with the same exception type and message, and minima modifies nothing."
+    torch = require_torch()
+    p = Param(np.arange(3.0)); p.grad = np.ones(3)
+    try: minima_cls([p], **kwargs)
+    except Exception as e: mine = e
+    else: raise AssertionError(f"{minima_cls.__name__}({kwargs}) raised nothing")
+    try: torch_cls([torch.zeros(3, dtype=torch.float64, requires_grad=True)], **kwargs)
+    except Exception as e: ref = e
+    else: raise AssertionError(f"torch's {torch_cls.__name__}({kwargs}) raised nothing")
+    assert (type(mine), str(mine)) == (type(ref), str(ref))
+    np.testing.assert_array_equal(p.data, np.arange(3.0))
+    np.testing.assert_array_equal(p.grad, np.ones(3))
+    return str(mine)
