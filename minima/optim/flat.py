@@ -221,70 +221,11 @@ def get_backend() -> str:
     "The backend flat buffers use: 'numpy' or 'numba'."
     return _BACKEND['name']
 
+def _compile_updates():
+    from minima.optim.compiled import compile_updates   # imports numba: only when the backend is chosen
+    return compile_updates()
+
 def _compiled_update(opt):
     "The compiled update of `opt`'s class under the numba backend, else None."
     if _BACKEND['name'] != 'numba': return None
     return _BACKEND['updates'].get(type(opt)._update)
-
-# %% ../../nbs/14_fast.ipynb #6248247a
-def _adam_loop(p, g, m, v, v_max, amsgrad, sign, decay, weight_decay, lerp_from_m, lerp_weight, beta2,
-               one_minus_beta2, step_size, bias_correction2_sqrt, eps):
-    "Adam over flat arrays in one pass; the options are scalars (sign = -1 maximizes, decay = 1 - lr * wd for AdamW)."
-    for i in range(p.size):   # no branch on an option but amsgrad: the compiler vectorizes the loop
-        p_i = p[i] * decay
-        grad = g[i] * sign + p_i * weight_decay
-        m_i = m[i]
-        m_i = (m_i if lerp_from_m else grad) + (grad - m_i) * lerp_weight   # PyTorch's two forms of lerp
-        m[i] = m_i
-        v_i = v[i] * beta2 + grad * one_minus_beta2 * grad
-        v[i] = v_i
-        if amsgrad:
-            v_i = max(v_max[i], v_i); v_max[i] = v_i
-        p[i] = p_i + (m_i * -step_size) / (np.sqrt(v_i) / bias_correction2_sqrt + eps)
-
-def _sgd_loop(p, g, buf, maximize, weight_decay, momentum, one_minus_dampening, nesterov, lr):
-    "SGD with momentum over flat arrays in one pass."
-    for i in range(p.size):
-        d = -g[i] if maximize else g[i]
-        if weight_decay != 0: d = d + p[i] * weight_decay
-        if momentum != 0:
-            b = buf[i] * momentum + d * one_minus_dampening
-            buf[i] = b
-            d = d + b * momentum if nesterov else b
-        p[i] -= d * lr
-
-# %% ../../nbs/14_fast.ipynb #74e6b1c6
-def _adam_update(loop):
-    "Adam's (and AdamW's) update of one flat buffer with the compiled `loop`."
-    def update(group, b):
-        beta1, beta2 = group['betas']
-        lr, wd, T = group['lr'], group['weight_decay'], b.dtype.type   # scalars in the arrays' dtype, as NumPy
-        decoupled = group['decoupled_weight_decay']
-        step_t = b.scalars['step']; step_t += 1
-        step = float(step_t)
-        w = T(1 - beta1)
-        loop(b.data, b.grad, b.state['exp_avg'], b.state['exp_avg_sq'],
-             b.state['max_exp_avg_sq'] if group['amsgrad'] else b.data[:0], group['amsgrad'],
-             T(-1 if group['maximize'] else 1), T(1 - lr * wd if decoupled else 1), T(0 if decoupled else wd),
-             abs(w) < 0.5, w if abs(w) < 0.5 else -(1 - w), T(beta2), T(1 - beta2),
-             T(lr / (1 - beta1 ** step)), T((1 - beta2 ** step) ** 0.5), T(group['eps']))
-    return update
-
-def _sgd_update(loop):
-    "SGD's update of one flat buffer with the compiled `loop`."
-    def update(group, b):
-        T, momentum = b.dtype.type, group['momentum']
-        buf = b.state['momentum_buffer'] if momentum != 0 else b.data[:0]
-        loop(b.data, b.grad, buf, group['maximize'], T(group['weight_decay']), T(momentum),
-             T(1 - group['dampening']), group['nesterov'], T(group['lr']))
-    return update
-
-def _compile_updates():
-    "Compile the loops with numba (imported only now) and map each class's `_update` to its compiled twin."
-    try: import numba
-    except ImportError:
-        raise ImportError("the 'numba' backend needs numba: pip install 'minima-optim[fast]' (or pip install numba)") from None
-    from minima.optim.adam import Adam
-    from minima.optim.sgd import SGD
-    jit = numba.njit(cache=True, error_model='numpy')   # no division-by-zero branch: the loops vectorize
-    return {Adam._update: _adam_update(jit(_adam_loop)), SGD._update: _sgd_update(jit(_sgd_loop))}
