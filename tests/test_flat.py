@@ -211,24 +211,32 @@ def test_hooks_run_around_a_flat_step():
     assert calls == ["pre", "post"] and used_flat(opt)
 
 
-@pytest.mark.parametrize("cls,kw", [(Adam, dict(amsgrad=True, weight_decay=0.1)), (SGD, dict(lr=0.1, momentum=0.9)),
-                                    (Adadelta, dict(weight_decay=0.1))])
+ALLOCATION_CASES = [(cls, kw) for cls, _, kw in CASES] + [
+    (Adam, dict(weight_decay=0.1, decoupled_weight_decay=True)), (Adadelta, dict(weight_decay=0.1, maximize=True))]
+
+
+@pytest.mark.parametrize("cls,kw", ALLOCATION_CASES, ids=lambda x: x.__name__ if isinstance(x, type) else str(x))
 def test_a_flat_step_allocates_no_array(monkeypatch, cls, kw):
-    "After the buffers exist a step allocates nothing the size of a chunk (the per-tensor path allocates temporaries)."
-    monkeypatch.setattr(flat, "CHUNK", 1 << 12)
+    """After the buffers exist a step allocates nothing the size of a piece, and the scratch is at most one chunk:
+    this checks each optimizer's `_temporaries` (the per-tensor path allocates its temporaries)."""
+    monkeypatch.setattr(flat, "CHUNK", 1 << 15)   # pieces of 10,922 float32 elements or more: 43 KB
     rng = np.random.default_rng(0)
-    n, peaks = 1 << 16, {}
+    n, peaks = 1 << 17, {}
     for foreach in (False, True):
         params = [Param(rng.standard_normal(n // 4).astype(np.float32)) for _ in range(4)]
-        for p in params: p.grad = rng.standard_normal(p.data.shape).astype(np.float32)
         opt = cls(params, **kw, foreach=foreach)
-        opt.step(); opt.step()
+        for _ in range(2):
+            for p in params: p.grad = rng.standard_normal(p.data.shape).astype(np.float32)
+            opt.step()
         tracemalloc.start()
         try:
             base = tracemalloc.get_traced_memory()[0]; opt.step()
             peaks[foreach] = tracemalloc.get_traced_memory()[1] - base
         finally: tracemalloc.stop()
-    assert peaks[True] < (1 << 12), f"a flat step allocated {peaks[True]} bytes"
+        if foreach:
+            (buffer,) = opt._flat_buffers[id(opt.param_groups[0])].buffers
+            assert buffer.scratch.size <= flat.CHUNK, f"scratch of {buffer.scratch.size} elements"
+    assert peaks[True] < (1 << 13), f"a flat step allocated {peaks[True]} bytes"   # Python objects, no array
     assert peaks[False] >= n, "the per-tensor path was expected to allocate its temporaries"
 
 
@@ -240,16 +248,34 @@ def test_step_bytes_counts_reads_and_writes():
     assert flat.step_bytes(SGD([p], lr=0.1, momentum=0.9)) == 10 * 4 * 5
 
 
-def test_temporaries_reuse_scratch_rows_when_they_fit():
-    scratch = np.empty((3, 10), np.float32)
+def test_temporaries_are_pieces_of_the_scratch_when_they_fit():
+    scratch = np.empty(13, np.float32)
     like = np.zeros((2, 3), np.float32)
-    rows = flat.temporaries(scratch, like, 2)
-    assert all(r.shape == (2, 3) and np.shares_memory(r, scratch) for r in rows)
-    assert not np.shares_memory(rows[0], rows[1])
-    for bad in (None, np.empty((3, 4), np.float32), np.empty((3, 10), np.float64), np.empty((1, 10), np.float32)):
-        fresh = flat.temporaries(bad, like, 2)
-        assert all(f.shape == like.shape and f.dtype == like.dtype for f in fresh)
+    pieces = flat.temporaries(scratch, like, 2)
+    assert all(r.shape == (2, 3) and np.shares_memory(r, scratch) for r in pieces)
+    assert not np.shares_memory(pieces[0], pieces[1])
+    for bad, count in [(None, 2), (np.empty(11, np.float32), 2), (np.empty(13, np.float64), 2), (scratch, 3)]:
+        fresh = flat.temporaries(bad, like, count)
+        assert len(fresh) == count and all(f.shape == like.shape and f.dtype == like.dtype for f in fresh)
         assert bad is None or not any(np.shares_memory(f, bad) for f in fresh)
+
+
+def test_pieces_fit_the_temporaries_in_one_chunk_of_scratch():
+    params = [Param(np.arange(n, dtype=np.float64)) for n in (10, 7, 3)]
+    states = [{"step": np.zeros(()), "m": np.zeros(p.data.shape)} for p in params]
+    for p in params: p.grad = np.ones_like(p.data)
+    buffer = flat.FlatBuffer(params, states, ("m",), chunk=8)
+    for temporaries, length in [(1, 8), (2, 4), (3, 2)]:
+        datas, grads, piece_states = buffer.pieces(temporaries)
+        assert [d.size for d in datas] == [length] * (20 // length) + ([20 % length] if 20 % length else [])
+        assert np.array_equal(np.concatenate(datas), buffer.data) and all(np.shares_memory(d, buffer.data) for d in datas)
+        assert all(s["m"].base is buffer.state["m"] for s in piece_states)
+        assert buffer.scratch.size <= 8
+    # the 0-d state: each piece advances its own copy, and the shared counter advances once per step
+    def update(group, datas, grads, states, scratch):
+        for s in states: s["step"] += 1
+    buffer.run(update, {}, 3); buffer.run(update, {}, 3)
+    assert float(buffer.scalars["step"]) == 2 and all(s["step"] is buffer.scalars["step"] for s in states)
 
 
 def test_set_backend_rejects_unknown_names():

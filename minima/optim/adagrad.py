@@ -22,7 +22,7 @@ def adagrad(params:list, # parameter arrays, updated in place
             lr_decay:float, # the learning rate at step t is lr / (1 + (t-1)*lr_decay)
             eps:float, # added to the square root of the sum
             maximize:bool, # ascend instead of descend
-            scratch:np.ndarray|None=None, # rows reused for the two temporaries (see `temporaries`)
+            scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
            ):
     "One AdaGrad step on every array of `params`."
     for param, grad, state_sum, step_t in zip(params, grads, state_sums, state_steps, strict=True):
@@ -80,7 +80,7 @@ class Adagrad(Optimizer):
         return self.state[p]
 
     def _update(self, group, params, grads, states, scratch=None):
-        "Call `adagrad` on arrays and their state dicts: a whole group, or one chunk of its flat buffer."
+        "Call `adagrad` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
         adagrad(params, grads, [s['sum'] for s in states], [s['step'] for s in states],
                 lr=float(group['lr']), weight_decay=float(group['weight_decay']), lr_decay=float(group['lr_decay']),
                 eps=float(group['eps']), maximize=bool(group['maximize']), scratch=scratch)

@@ -41,17 +41,18 @@ def adam(params:list, # parameter arrays, updated in place
          eps:float, # added to the denominator, outside the square root
          maximize:bool, # ascend instead of descend
          decoupled_weight_decay:bool=False, # shrink the parameters directly (AdamW) instead
-         scratch:np.ndarray|None=None, # rows reused for the two temporaries (see `temporaries`)
+         scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
         ):
-    "Adam's update on lists of arrays, as PyTorch's single-tensor kernel; intermediate results go to two temporaries."
+    "Adam's update on lists of arrays, as PyTorch's single-tensor kernel; intermediate results go to one temporary (two with `maximize` or L2 decay)."
+    new_grad = maximize or (weight_decay != 0 and not decoupled_weight_decay)   # the caller's gradient is never modified
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_sq, step_t = grads[i], exp_avgs[i], exp_avg_sqs[i], state_steps[i]
-        d, t = temporaries(scratch, param, 2)
+        t, *spare = temporaries(scratch, param, 2 if new_grad else 1)
         step_t += 1
-        if maximize: grad = np.negative(grad, out=d)
+        if maximize: grad = np.negative(grad, out=spare[0])
         if weight_decay != 0:
             if decoupled_weight_decay: param *= 1 - lr * weight_decay
-            else: grad = np.add(grad, np.multiply(param, weight_decay, out=t), out=d)
+            else: grad = np.add(grad, np.multiply(param, weight_decay, out=t), out=spare[0])
         lerp_(exp_avg, grad, 1 - beta1, tmp=t)
         exp_avg_sq *= beta2
         exp_avg_sq += np.multiply(np.multiply(grad, 1 - beta2, out=t), grad, out=t)
@@ -61,10 +62,10 @@ def adam(params:list, # parameter arrays, updated in place
         if amsgrad:
             np.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
             exp_avg_sq = max_exp_avg_sqs[i]
+        # m / (sqrt(v)/c + eps) = c m / (sqrt(v) + c eps): the same number to rounding, one pass over the array fewer
         denom = np.sqrt(exp_avg_sq, out=t)
-        denom /= bias_correction2_sqrt
-        denom += eps
-        param += np.divide(np.multiply(exp_avg, -step_size, out=d), denom, out=d)
+        denom += eps * bias_correction2_sqrt
+        param += np.multiply(np.divide(exp_avg, denom, out=t), -step_size * bias_correction2_sqrt, out=t)
 
 # %% ../../nbs/07_adam.ipynb #6cadad4a
 def _validate_float_betas(betas):
@@ -96,8 +97,13 @@ class Adam(Optimizer):
         "The state arrays shaped like a parameter."
         return ('exp_avg', 'exp_avg_sq') + (('max_exp_avg_sq',) if group['amsgrad'] else ())
 
+    def _temporaries(self, group):
+        "One, and one more for a modified gradient (maximize or L2 decay): the flat path cuts its pieces to fit."
+        l2 = group['weight_decay'] != 0 and not group['decoupled_weight_decay']
+        return 2 if group['maximize'] or l2 else 1
+
     def _update(self, group, params, grads, states, scratch=None):
-        "Call `adam` on arrays and their state dicts: a whole group, or one chunk of its flat buffer."
+        "Call `adam` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
         beta1, beta2 = group['betas']
         adam(params, grads, [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states],
              [s['max_exp_avg_sq'] for s in states] if group['amsgrad'] else [], [s['step'] for s in states],

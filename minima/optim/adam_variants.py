@@ -26,7 +26,7 @@ def adamax(params:list, # parameter arrays, updated in place
            lr:float, # learning rate
            weight_decay:float, # L2 penalty added to the gradient
            maximize:bool, # ascend instead of descend
-           scratch:np.ndarray|None=None, # rows reused for the two temporaries (see `temporaries`)
+           scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
           ):
     "Adamax's update on lists of arrays, as PyTorch's single-tensor kernel."
     for i, param in enumerate(params):
@@ -67,7 +67,7 @@ class Adamax(Optimizer):
         return ('exp_avg', 'exp_inf')
 
     def _update(self, group, params, grads, states, scratch=None):
-        "Call `adamax` on arrays and their state dicts: a whole group, or one chunk of its flat buffer."
+        "Call `adamax` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
         beta1, beta2 = group['betas']
         adamax(params, grads, [s['exp_avg'] for s in states], [s['exp_inf'] for s in states],
                [s['step'] for s in states], eps=group['eps'], beta1=beta1, beta2=beta2, lr=group['lr'],
@@ -96,7 +96,7 @@ def nadam(params:list, # parameter arrays, updated in place
           eps:float, # added after the square root of the corrected v
           decoupled_weight_decay:bool, # shrink the parameters directly (NAdamW)
           maximize:bool, # ascend instead of descend
-          scratch:np.ndarray|None=None, # rows reused for the two temporaries (see `temporaries`)
+          scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
          ):
     "NAdam's update on lists of arrays, as PyTorch's single-tensor kernel."
     for i, param in enumerate(params):
@@ -163,7 +163,7 @@ class NAdam(Optimizer):
         return state
 
     def _update(self, group, params, grads, states, scratch=None):
-        "Call `nadam` on arrays and their state dicts: a whole group, or one chunk of its flat buffer."
+        "Call `nadam` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
         beta1, beta2 = group['betas']
         nadam(params, grads, [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states],
               [s['mu_product'] for s in states], [s['step'] for s in states], beta1=beta1, beta2=beta2,
@@ -192,7 +192,7 @@ def radam(params:list, # parameter arrays, updated in place
           eps:float, # added to the uncorrected sqrt(v)
           decoupled_weight_decay:bool, # shrink the parameters directly
           maximize:bool, # ascend instead of descend
-          scratch:np.ndarray|None=None, # rows reused for the two temporaries (see `temporaries`)
+          scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
          ):
     "RAdam's update on lists of arrays, as PyTorch's single-tensor kernel."
     rho_inf = 2 / (1 - beta2) - 1
@@ -248,7 +248,7 @@ class RAdam(Optimizer):
         return ('exp_avg', 'exp_avg_sq')
 
     def _update(self, group, params, grads, states, scratch=None):
-        "Call `radam` on arrays and their state dicts: a whole group, or one chunk of its flat buffer."
+        "Call `radam` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
         beta1, beta2 = group['betas']
         radam(params, grads, [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states],
               [s['step'] for s in states], beta1=beta1, beta2=beta2, lr=group['lr'],

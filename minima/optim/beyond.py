@@ -249,19 +249,22 @@ def rprop(params:list, # parameter arrays, updated in place
           etaminus:float, # $\eta_-$, `etas[0]`: shrink factor after a sign flip
           etaplus:float, # $\eta_+$, `etas[1]`: growth factor while the sign holds
           maximize:bool, # ascend instead of descend
-          scratch:np.ndarray|None=None, # rows reused for the two temporaries (see `temporaries`)
+          scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
          ):
     "Rprop: move each coordinate by its own step size against the gradient's sign; grow or shrink the step by the sign agreement."
     for param, grad, prev, step_size, step in zip(params, grads, prevs, step_sizes, state_steps):
-        d, t = temporaries(scratch, param, 2)
+        d, t, u = temporaries(scratch, param, 3)
+        # three boolean masks in the bytes of one temporary (a float has at least 4 bytes): no allocation
+        flipped, grew, kept = (u.reshape(-1).view(np.bool_)[k * param.size:(k + 1) * param.size].reshape(param.shape)
+                               for k in range(3))
         step += 1
         factor = np.sign(np.multiply(np.negative(grad, out=d) if maximize else grad, prev, out=t), out=t)
-        flipped, grew, kept = factor < 0, factor > 0, factor == 0   # boolean masks (NaN is in none: it stays NaN)
-        factor[grew], factor[flipped], factor[kept] = etaplus, etaminus, 1
+        np.less(factor, 0, out=flipped); np.greater(factor, 0, out=grew); np.equal(factor, 0, out=kept)  # NaN: in none, stays NaN
+        np.copyto(factor, etaplus, where=grew); np.copyto(factor, etaminus, where=flipped); np.copyto(factor, 1, where=kept)
         step_size *= factor
         np.clip(step_size, step_size_min, step_size_max, out=step_size)
         grad = np.multiply(grad, -1 if maximize else 1, out=d)
-        grad[flipped] = 0   # after a flip: no move now, and no flip test next step
+        np.copyto(grad, 0, where=flipped)   # after a flip: no move now, and no flip test next step
         param -= np.multiply(np.sign(grad, out=t), step_size, out=t)
         prev[...] = grad
 
@@ -284,6 +287,10 @@ class Rprop(Optimizer):
         "The state arrays shaped like a parameter."
         return ("prev", "step_size")
 
+    def _temporaries(self, group):
+        "Three: the kernel keeps its boolean masks in the third."
+        return 3
+
     def _group_state(self, p, group):
         "The state of `p`, created at its first step."
         state = self.state[p]
@@ -294,7 +301,7 @@ class Rprop(Optimizer):
         return state
 
     def _update(self, group, params, grads, states, scratch=None):
-        "Call `rprop` on arrays and their state dicts: a whole group, or one chunk of its flat buffer."
+        "Call `rprop` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
         (etaminus, etaplus), (step_size_min, step_size_max) = group["etas"], group["step_sizes"]
         rprop(params, grads, [s["prev"] for s in states], [s["step_size"] for s in states],
               [s["step"] for s in states], step_size_min=step_size_min, step_size_max=step_size_max,
@@ -321,7 +328,7 @@ def asgd(params:list, # parameter arrays, updated in place
          alpha:float, # power of the step-size decay
          weight_decay:float, # L2 penalty added to the gradient
          maximize:bool, # ascend instead of descend
-         scratch:np.ndarray|None=None, # rows reused for the two temporaries (see `temporaries`)
+         scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
         ):
     "ASGD: SGD with a decaying step size, plus a running average of the iterates from step `t0` on."
     for param, grad, ax, mu, eta, step_t in zip(params, grads, axs, mus, etas, state_steps):
@@ -371,7 +378,7 @@ class ASGD(Optimizer):
         return state
 
     def _update(self, group, params, grads, states, scratch=None):
-        "Call `asgd` on arrays and their state dicts: a whole group, or one chunk of its flat buffer."
+        "Call `asgd` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
         asgd(params, grads, [s["ax"] for s in states], [s["mu"] for s in states], [s["eta"] for s in states],
              [s["step"] for s in states], lambd=group["lambd"], lr=group["lr"], t0=group["t0"],
              alpha=group["alpha"], weight_decay=group["weight_decay"], maximize=group["maximize"], scratch=scratch)

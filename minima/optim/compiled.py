@@ -11,19 +11,20 @@ __all__ = ['compile_updates']
 
 # %% ../../nbs/14b_compiled.ipynb #4106840a
 def _adam_loop(p, g, m, v, v_max, amsgrad, sign, decay, weight_decay, lerp_from_m, lerp_weight, beta2,
-               one_minus_beta2, step_size, bias_correction2_sqrt, eps):
+               one_minus_beta2, eps, step_coef):
     "Adam over flat arrays in one pass; the options are scalars (sign = -1 maximizes, decay = 1 - lr * wd for AdamW)."
-    for i in range(p.size):   # no branch on an option but amsgrad: the compiler vectorizes the loop
+    for i in range(p.size):   # the branches on options do not change in the loop: the compiler takes them out and vectorizes
         p_i = p[i] * decay
-        grad = g[i] * sign + p_i * weight_decay
+        grad = g[i] * sign
+        if weight_decay != 0: grad = grad + p_i * weight_decay   # p * 0 would turn an inf p into NaN
         m_i = m[i]
         m_i = (m_i if lerp_from_m else grad) + (grad - m_i) * lerp_weight   # PyTorch's two forms of lerp
         m[i] = m_i
         v_i = v[i] * beta2 + grad * one_minus_beta2 * grad
         v[i] = v_i
         if amsgrad:
-            v_i = max(v_max[i], v_i); v_max[i] = v_i
-        p[i] = p_i + (m_i * -step_size) / (np.sqrt(v_i) / bias_correction2_sqrt + eps)
+            v_i = np.maximum(v_max[i], v_i); v_max[i] = v_i   # NaN propagates, as in NumPy
+        p[i] = p_i + (m_i / (np.sqrt(v_i) + eps)) * step_coef   # eps and step_coef carry the bias corrections
 
 def _sgd_loop(p, g, buf, maximize, weight_decay, momentum, one_minus_dampening, nesterov, lr):
     "SGD with momentum over flat arrays in one pass."
@@ -37,6 +38,11 @@ def _sgd_loop(p, g, buf, maximize, weight_decay, momentum, one_minus_dampening, 
         p[i] -= d * lr
 
 # %% ../../nbs/14b_compiled.ipynb #5f413af6
+def _lerp_scalars(beta1, T):
+    "`lerp_(m, g, 1 - beta1)` as two scalars of the loops: whether it starts from m, and the weight of g - m."
+    w = T(1 - beta1)
+    return (True, w) if abs(w) < 0.5 else (False, -(1 - w))   # PyTorch's two forms: m + w(g-m), g - (1-w)(g-m)
+
 def _adam_update(loop):
     "Adam's (and AdamW's) update of one flat buffer with the compiled `loop`."
     def update(group, b):
@@ -45,12 +51,12 @@ def _adam_update(loop):
         decoupled = group['decoupled_weight_decay']
         step_t = b.scalars['step']; step_t += 1
         step = float(step_t)
-        w = T(1 - beta1)
+        step_size, bias_correction2_sqrt = lr / (1 - beta1 ** step), (1 - beta2 ** step) ** 0.5
         loop(b.data, b.grad, b.state['exp_avg'], b.state['exp_avg_sq'],
              b.state['max_exp_avg_sq'] if group['amsgrad'] else b.data[:0], group['amsgrad'],
              T(-1 if group['maximize'] else 1), T(1 - lr * wd if decoupled else 1), T(0 if decoupled else wd),
-             abs(w) < 0.5, w if abs(w) < 0.5 else -(1 - w), T(beta2), T(1 - beta2),
-             T(lr / (1 - beta1 ** step)), T((1 - beta2 ** step) ** 0.5), T(group['eps']))
+             *_lerp_scalars(beta1, T), T(beta2), T(1 - beta2),
+             T(group['eps'] * bias_correction2_sqrt), T(-step_size * bias_correction2_sqrt))
     return update
 
 def _sgd_update(loop):
@@ -62,12 +68,242 @@ def _sgd_update(loop):
              T(1 - group['dampening']), group['nesterov'], T(group['lr']))
     return update
 
+# %% ../../nbs/14b_compiled.ipynb #a0695ff1
+def _adagrad_loop(p, g, s, sign, weight_decay, eps, clr):
+    "Adagrad over flat arrays in one pass (sign = -1 maximizes)."
+    for i in range(p.size):
+        p_i = p[i]
+        grad = g[i] * sign
+        if weight_decay != 0: grad = grad + p_i * weight_decay
+        s_i = s[i] + grad * grad
+        s[i] = s_i
+        p[i] = p_i - (grad / (np.sqrt(s_i) + eps)) * clr
+
+def _adagrad_update(loop):
+    "Adagrad's update of one flat buffer with the compiled `loop`."
+    def update(group, b):
+        T = b.dtype.type
+        step_t = b.scalars['step']; step_t += 1
+        clr = group['lr'] / (1 + (float(step_t) - 1) * group['lr_decay'])
+        loop(b.data, b.grad, b.state['sum'], T(-1 if group['maximize'] else 1), T(group['weight_decay']),
+             T(group['eps']), T(clr))
+    return update
+
+# %% ../../nbs/14b_compiled.ipynb #89285b74
+def _rmsprop_loop(p, g, square_avg, grad_avg, buf, centered, use_momentum, sign, weight_decay, alpha,
+                  one_minus_alpha, eps, momentum, lr):
+    "RMSprop over flat arrays in one pass; `grad_avg` and `buf` are read only when `centered` / `use_momentum`."
+    for i in range(p.size):
+        p_i = p[i]
+        grad = g[i] * sign
+        if weight_decay != 0: grad = grad + p_i * weight_decay
+        sq = square_avg[i] * alpha + grad * one_minus_alpha * grad
+        square_avg[i] = sq
+        if centered:
+            ga = grad_avg[i]
+            ga = ga + (grad - ga) * one_minus_alpha
+            grad_avg[i] = ga
+            sq = sq - ga * ga
+        avg = np.sqrt(sq) + eps
+        if use_momentum:
+            d = buf[i] * momentum + grad / avg
+            buf[i] = d
+            p[i] = p_i - d * lr
+        else:
+            p[i] = p_i - (grad / avg) * lr
+
+def _rmsprop_update(loop):
+    "RMSprop's update of one flat buffer with the compiled `loop`."
+    def update(group, b):
+        T, alpha, momentum, centered = b.dtype.type, group['alpha'], group['momentum'], group['centered']
+        step_t = b.scalars['step']; step_t += 1
+        loop(b.data, b.grad, b.state['square_avg'], b.state['grad_avg'] if centered else b.data[:0],
+             b.state['momentum_buffer'] if momentum > 0 else b.data[:0], centered, momentum > 0,
+             T(-1 if group['maximize'] else 1), T(group['weight_decay']), T(alpha), T(1 - alpha),
+             T(group['eps']), T(momentum), T(group['lr']))
+    return update
+
+# %% ../../nbs/14b_compiled.ipynb #f4560d65
+def _adadelta_loop(p, g, square_avg, acc_delta, sign, weight_decay, rho, one_minus_rho, eps, lr):
+    "Adadelta over flat arrays in one pass."
+    for i in range(p.size):
+        p_i = p[i]
+        grad = g[i] * sign
+        if weight_decay != 0: grad = grad + p_i * weight_decay
+        sq = square_avg[i] * rho + grad * one_minus_rho * grad
+        square_avg[i] = sq
+        acc = acc_delta[i]
+        delta = np.sqrt(acc + eps) / np.sqrt(sq + eps) * grad
+        acc_delta[i] = acc * rho + delta * one_minus_rho * delta
+        p[i] = p_i - delta * lr
+
+def _adadelta_update(loop):
+    "Adadelta's update of one flat buffer with the compiled `loop`."
+    def update(group, b):
+        T, rho = b.dtype.type, group['rho']
+        step_t = b.scalars['step']; step_t += 1
+        loop(b.data, b.grad, b.state['square_avg'], b.state['acc_delta'], T(-1 if group['maximize'] else 1),
+             T(group['weight_decay']), T(rho), T(1 - rho), T(group['eps']), T(group['lr']))
+    return update
+
+# %% ../../nbs/14b_compiled.ipynb #aca20698
+def _adamax_loop(p, g, m, u, sign, weight_decay, lerp_from_m, lerp_weight, beta2, eps, clr):
+    "Adamax over flat arrays in one pass."
+    for i in range(p.size):
+        p_i = p[i]
+        grad = g[i] * sign
+        if weight_decay != 0: grad = grad + p_i * weight_decay
+        m_i = m[i]
+        m_i = (m_i if lerp_from_m else grad) + (grad - m_i) * lerp_weight
+        m[i] = m_i
+        u_i = np.maximum(u[i] * beta2, abs(grad) + eps)   # NaN propagates, as in NumPy
+        u[i] = u_i
+        p[i] = p_i + (m_i * -clr) / u_i
+
+def _adamax_update(loop):
+    "Adamax's update of one flat buffer with the compiled `loop`."
+    def update(group, b):
+        T, (beta1, beta2) = b.dtype.type, group['betas']
+        step_t = b.scalars['step']; step_t += 1
+        loop(b.data, b.grad, b.state['exp_avg'], b.state['exp_inf'], T(-1 if group['maximize'] else 1),
+             T(group['weight_decay']), *_lerp_scalars(beta1, T), T(beta2), T(group['eps']),
+             T(group['lr'] / (1 - beta1 ** float(step_t))))
+    return update
+
+# %% ../../nbs/14b_compiled.ipynb #69fe0beb
+def _nadam_loop(p, g, m, v, sign, decay, weight_decay, lerp_from_m, lerp_weight, beta2, one_minus_beta2,
+                bias_correction2, eps, grad_coef, avg_coef):
+    "NAdam over flat arrays in one pass (decay = 1 - lr * wd with decoupled weight decay, else 1)."
+    for i in range(p.size):
+        p_i = p[i] * decay
+        grad = g[i] * sign
+        if weight_decay != 0: grad = grad + p_i * weight_decay
+        m_i = m[i]
+        m_i = (m_i if lerp_from_m else grad) + (grad - m_i) * lerp_weight
+        m[i] = m_i
+        v_i = v[i] * beta2 + grad * one_minus_beta2 * grad
+        v[i] = v_i
+        denom = np.sqrt(v_i / bias_correction2) + eps
+        p_i = p_i + (grad * grad_coef) / denom
+        p[i] = p_i + (m_i * avg_coef) / denom
+
+def _nadam_update(loop):
+    "NAdam's update of one flat buffer with the compiled `loop`; `step` and `mu_product` advance once."
+    def update(group, b):
+        T, (beta1, beta2), psi = b.dtype.type, group['betas'], group['momentum_decay']
+        lr, wd, decoupled = group['lr'], group['weight_decay'], group['decoupled_weight_decay']
+        step_t = b.scalars['step']; step_t += 1
+        step = float(step_t)
+        mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * psi)))
+        mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * psi)))
+        mu_product = b.scalars['mu_product']; mu_product *= mu   # float32, as in the kernel
+        mu_product_next = float(mu_product) * mu_next
+        loop(b.data, b.grad, b.state['exp_avg'], b.state['exp_avg_sq'], T(-1 if group['maximize'] else 1),
+             T(1 - lr * wd if decoupled else 1), T(0 if decoupled else wd), *_lerp_scalars(beta1, T),
+             T(beta2), T(1 - beta2), T(1 - beta2 ** step), T(group['eps']),
+             T(-lr * (1.0 - mu) / (1.0 - float(mu_product))), T((-lr * mu_next) / (1.0 - mu_product_next)))
+    return update
+
+# %% ../../nbs/14b_compiled.ipynb #4281e68d
+def _radam_loop(p, g, m, v, rectify, sign, decay, weight_decay, lerp_from_m, lerp_weight, beta2, one_minus_beta2,
+                bias_correction1, lr, eps, one, bias_correction2_sqrt, rect):
+    "RAdam over flat arrays in one pass; `rectify` chooses the adaptive step (as the kernel, 1/x is `one / x`)."
+    for i in range(p.size):
+        p_i = p[i] * decay
+        grad = g[i] * sign
+        if weight_decay != 0: grad = grad + p_i * weight_decay
+        m_i = m[i]
+        m_i = (m_i if lerp_from_m else grad) + (grad - m_i) * lerp_weight
+        m[i] = m_i
+        v_i = v[i] * beta2 + grad * one_minus_beta2 * grad
+        v[i] = v_i
+        step = m_i / bias_correction1 * lr
+        if rectify: step = step * (one / (np.sqrt(v_i) + eps) * bias_correction2_sqrt) * rect
+        p[i] = p_i - step
+
+def _radam_update(loop):
+    "RAdam's update of one flat buffer with the compiled `loop`."
+    def update(group, b):
+        T, (beta1, beta2) = b.dtype.type, group['betas']
+        lr, wd, decoupled = group['lr'], group['weight_decay'], group['decoupled_weight_decay']
+        rho_inf = 2 / (1 - beta2) - 1
+        step_t = b.scalars['step']; step_t += 1
+        step = float(step_t)
+        bias_correction2 = 1 - beta2 ** step
+        rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2
+        rectify = rho_t > 5.0
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectify else 1.0
+        loop(b.data, b.grad, b.state['exp_avg'], b.state['exp_avg_sq'], rectify, T(-1 if group['maximize'] else 1),
+             T(1 - lr * wd if decoupled else 1), T(0 if decoupled else wd), *_lerp_scalars(beta1, T),
+             T(beta2), T(1 - beta2), T(1 - beta1 ** step), T(lr), T(group['eps']), T(1),
+             T(bias_correction2 ** 0.5), T(rect))
+    return update
+
+# %% ../../nbs/14b_compiled.ipynb #e436b9e7
+def _rprop_loop(p, g, prev, step_size, sign, etaplus, etaminus, one, zero, step_size_min, step_size_max):
+    "Rprop over flat arrays in one pass; each branch is a select, so the loop still vectorizes."
+    for i in range(p.size):
+        grad = g[i] * sign
+        product = grad * prev[i]
+        factor = etaplus if product > 0 else (etaminus if product < 0 else (one if product == 0 else product))
+        s = step_size[i] * factor
+        s = step_size_min if s < step_size_min else (step_size_max if s > step_size_max else s)   # NaN stays
+        step_size[i] = s
+        if product < 0: grad = zero   # after a flip: no move now, and no flip test next step
+        p[i] = p[i] - (s if grad > 0 else (-s if grad < 0 else (zero * s if grad == 0 else grad)))   # sign(g) * s
+        prev[i] = grad
+
+def _rprop_update(loop):
+    "Rprop's update of one flat buffer with the compiled `loop`."
+    def update(group, b):
+        T, (etaminus, etaplus), (step_size_min, step_size_max) = b.dtype.type, group['etas'], group['step_sizes']
+        step_t = b.scalars['step']; step_t += 1
+        loop(b.data, b.grad, b.state['prev'], b.state['step_size'], T(-1 if group['maximize'] else 1),
+             T(etaplus), T(etaminus), T(1), T(0), T(step_size_min), T(step_size_max))
+    return update
+
+# %% ../../nbs/14b_compiled.ipynb #1676f50b
+def _asgd_loop(p, g, ax, average, sign, weight_decay, decay, eta, mu):
+    "ASGD over flat arrays in one pass; `average` is False while mu is 1 (ax is then a copy of p)."
+    for i in range(p.size):
+        p_i = p[i]
+        grad = g[i] * sign
+        if weight_decay != 0: grad = grad + p_i * weight_decay
+        p_i = p_i * decay - grad * eta
+        p[i] = p_i
+        if average: ax[i] = ax[i] + (p_i - ax[i]) * mu
+        else: ax[i] = p_i
+
+def _asgd_update(loop):
+    "ASGD's update of one flat buffer with the compiled `loop`; `step`, `eta` and `mu` advance once."
+    def update(group, b):
+        T, lr, lambd = b.dtype.type, group['lr'], group['lambd']
+        step_t, eta, mu = b.scalars['step'], b.scalars['eta'], b.scalars['mu']
+        step_t += 1
+        eta_value = float(eta)
+        loop(b.data, b.grad, b.state['ax'], float(mu) != 1, T(-1 if group['maximize'] else 1),
+             T(group['weight_decay']), T(1 - lambd * eta_value), T(eta_value), T(float(mu)))
+        step = float(step_t)
+        eta[...] = lr / ((1 + lambd * lr * step) ** group['alpha'])   # rounded to eta's float32, as the kernel
+        mu[...] = 1 / max(1, step - group['t0'])
+    return update
+
+# %% ../../nbs/14b_compiled.ipynb #f220fa4c
 def compile_updates() -> dict:
     "Compile the loops with numba (imported only now) and map each class's `_update` to its compiled twin."
     try: import numba
     except ImportError:
         raise ImportError("the 'numba' backend needs numba: pip install 'minima-optim[fast]' (or pip install numba)") from None
-    from minima.optim.adam import Adam
     from minima.optim.sgd import SGD
+    from minima.optim.adagrad import Adagrad
+    from minima.optim.rmsprop import RMSprop, Adadelta
+    from minima.optim.adam import Adam
+    from minima.optim.adam_variants import Adamax, NAdam, RAdam
+    from minima.optim.beyond import Rprop, ASGD
     jit = numba.njit(cache=True, error_model='numpy')   # no division-by-zero branch: the loops vectorize
-    return {Adam._update: _adam_update(jit(_adam_loop)), SGD._update: _sgd_update(jit(_sgd_loop))}
+    pairs = [(SGD, _sgd_update, _sgd_loop), (Adagrad, _adagrad_update, _adagrad_loop),
+             (RMSprop, _rmsprop_update, _rmsprop_loop), (Adadelta, _adadelta_update, _adadelta_loop),
+             (Adam, _adam_update, _adam_loop), (Adamax, _adamax_update, _adamax_loop),
+             (NAdam, _nadam_update, _nadam_loop), (RAdam, _radam_update, _radam_loop),
+             (Rprop, _rprop_update, _rprop_loop), (ASGD, _asgd_update, _asgd_loop)]
+    return {cls._update: make_update(jit(loop)) for cls, make_update, loop in pairs}

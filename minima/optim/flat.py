@@ -8,12 +8,11 @@ import operator
 import numpy as np
 
 # %% auto #0
-__all__ = ['CHUNK', 'SCRATCH_ROWS', 'FLAT_MIN_PARAMS', 'FLAT_MIN_ELEMENTS', 'step_bytes', 'temporaries', 'FlatBuffer',
-           'per_tensor_step', 'step_group', 'set_backend', 'get_backend']
+__all__ = ['CHUNK', 'FLAT_MIN_PARAMS', 'FLAT_MIN_ELEMENTS', 'step_bytes', 'temporaries', 'FlatBuffer', 'per_tensor_step',
+           'step_group', 'set_backend', 'get_backend']
 
 # %% ../../nbs/14_fast.ipynb #e8676083
-CHUNK = 1 << 15              # elements per chunk: p, g, state and scratch of one chunk stay in the L2 cache
-SCRATCH_ROWS = 3             # temporaries a kernel may take from the scratch (Adadelta with L2 decay needs three)
+CHUNK = 1 << 16              # elements of scratch per buffer: a kernel's temporaries and the piece they serve stay in the L2 cache
 FLAT_MIN_PARAMS = 8          # with foreach=None a group goes flat from this many parameters of one dtype...
 FLAT_MIN_ELEMENTS = 1 << 16  # ...or from this many elements
 
@@ -27,14 +26,15 @@ def step_bytes(optimizer) -> int:
     return total
 
 # %% ../../nbs/14_fast.ipynb #ebbb3beb
-def temporaries(scratch:np.ndarray|None, # a (rows, n) array of the same dtype, or None
+def temporaries(scratch:np.ndarray|None, # a 1-d array of the same dtype (a flat buffer's chunk of scratch), or None
                 like:np.ndarray, # the array the temporaries stand beside
                 count:int, # how many temporaries the kernel needs
                ) -> list:
-    "`count` arrays shaped like `like` for a kernel's intermediate results: rows of `scratch` when they fit, else new arrays."
-    if (scratch is None or scratch.dtype != like.dtype or scratch.shape[0] < count or scratch.shape[1] < like.size):
+    "`count` arrays shaped like `like` for a kernel's intermediate results: consecutive pieces of `scratch` when they fit, else new arrays."
+    n = like.size
+    if scratch is None or scratch.dtype != like.dtype or count * n > scratch.size:
         return [np.empty(like.shape, like.dtype) for _ in range(count)]
-    return [row[:like.size].reshape(like.shape) for row in scratch[:count]]
+    return [scratch[k * n:(k + 1) * n].reshape(like.shape) for k in range(count)]
 
 # %% ../../nbs/14_fast.ipynb #bc795212
 def _views(flat, arrays):
@@ -54,9 +54,8 @@ class FlatBuffer:
                  params:list, # parameters of one dtype, each with a gradient
                  states:list, # their state dicts, holding `keys` and equal 0-d arrays
                  keys:tuple, # the state arrays shaped like the parameter (e.g. `exp_avg`, `exp_avg_sq`)
-                 chunk:int|None=None, # elements per kernel call (default `CHUNK`)
+                 chunk:int|None=None, # elements of scratch (default `CHUNK`)
                 ):
-        chunk = chunk or CHUNK
         self.params, self.keys, self.dtype = list(params), tuple(keys), params[0].data.dtype
         self.size = sum(p.data.size for p in params)
         self.data, self.grad = np.empty(self.size, self.dtype), np.empty(self.size, self.dtype)
@@ -73,11 +72,9 @@ class FlatBuffer:
         self.scalars = {k: np.array(v, copy=True) for k, v in states[0].items() if k not in self.keys}
         for s in states: s.update(self.scalars)
         self.grads_as_views([p.grad for p in params])
-        self.scratch = np.empty((SCRATCH_ROWS, min(chunk, self.size)), self.dtype)
-        self.chunks = []   # the arguments of each kernel call, built once: a step allocates nothing
-        for lo, hi in _chunk_bounds(self.size, chunk):
-            state = {**{k: v[lo:hi] for k, v in self.state.items()}, **self.scalars}
-            self.chunks.append((self.data[lo:hi], self.grad[lo:hi], state, self.scratch[:, :hi - lo]))
+        self.chunk = chunk or CHUNK
+        self.scratch = np.empty(0, self.dtype)   # grows once, to at most one chunk, when the pieces are cut
+        self._pieces = {}   # kernel arguments by number of temporaries, built once: a step allocates nothing
 
     def grads_as_views(self,
                        grads:list, # this step's gradients of `self.params`
@@ -87,17 +84,32 @@ class FlatBuffer:
             if g is not view:
                 np.copyto(view, g); p.grad = view
 
+    def pieces(self,
+               temporaries:int, # how many temporaries the kernel takes from the scratch
+              ) -> tuple:
+        "Lists of views (data, grads, states) over pieces of the buffer small enough that `temporaries` of them fit in the scratch."
+        if temporaries not in self._pieces:
+            temporaries = max(1, temporaries)
+            length, datas, grads, states = max(1, min(self.chunk // temporaries, self.size)), [], [], []
+            if self.scratch.size < length * temporaries: self.scratch = np.empty(length * temporaries, self.dtype)
+            for lo, hi in _chunk_bounds(self.size, length):
+                datas.append(self.data[lo:hi]); grads.append(self.grad[lo:hi])
+                # each piece advances its own copy of the 0-d state; `run` keeps the copies equal to the shared one
+                states.append({**{k: v[lo:hi] for k, v in self.state.items()}, **{k: v.copy() for k, v in self.scalars.items()}})
+            self._pieces[temporaries] = datas, grads, states
+        return self._pieces[temporaries]
+
     def run(self,
             update, # the optimizer's `_update(group, params, grads, states, scratch=...)`
             group:dict, # the parameter group (hyper-parameters)
+            temporaries:int=2, # how many temporaries the kernel needs (the optimizer's `_temporaries(group)`)
            ):
-        "Call `update` on each chunk in turn; the 0-d state advances once per step, not once per chunk."
-        scalars = list(self.scalars.values())
-        before = [s.copy() for s in scalars] if len(self.chunks) > 1 else ()
-        for k, (data, grad, state, scratch) in enumerate(self.chunks):
-            if k:
-                for s, b in zip(scalars, before): s[...] = b
-            update(group, [data], [grad], [state], scratch=scratch)
+        "One kernel call over all the pieces, which share the scratch; the 0-d state advances once per step."
+        datas, grads, states = self.pieces(temporaries)
+        for k, shared in self.scalars.items():
+            for s in states: s[k][...] = shared
+        update(group, datas, grads, states, scratch=self.scratch)
+        for k, shared in self.scalars.items(): shared[...] = states[0][k]
 
     def unshare_scalars(self,
                         states:list, # the state dicts of `self.params`
@@ -204,7 +216,7 @@ def step_group(optimizer, # an optimizer with `_state_keys`, `_group_state` and 
     compiled = _compiled_update(optimizer)
     for b in cache.buffers:
         if compiled is not None: compiled(group, b)
-        else: b.run(optimizer._update, group)
+        else: b.run(optimizer._update, group, optimizer._temporaries(group))
 
 # %% ../../nbs/14_fast.ipynb #8900ba7d
 _BACKEND = {'name': 'numpy', 'updates': {}}

@@ -144,6 +144,10 @@ class Optimizer:
         "Names of the state arrays shaped like a parameter; subclasses list theirs."
         return ()
 
+    def _temporaries(self, group) -> int:
+        "How many arrays like a parameter the kernel needs for intermediate results with `group`'s options (chapter 14)."
+        return 2
+
     def _group_state(self, p, group) -> dict:
         "The state of `p`, created at its first step: a 0-d step counter and zeros for each of `_state_keys(group)`."
         state = self.state[p]

@@ -27,7 +27,7 @@ def rmsprop(params:list, # parameter arrays, updated in place
             momentum:float, # momentum of the scaled steps
             centered:bool, # divide by the root of the variance instead of the second moment
             maximize:bool, # ascend instead of descend
-            scratch:np.ndarray|None=None, # rows reused for the two temporaries (see `temporaries`)
+            scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
            ):
     "One RMSprop step on every array of `params`."
     for i, param in enumerate(params):
@@ -83,7 +83,7 @@ class RMSprop(Optimizer):
                 + (('grad_avg',) if group['centered'] else ()))
 
     def _update(self, group, params, grads, states, scratch=None):
-        "Call `rmsprop` on arrays and their state dicts: a whole group, or one chunk of its flat buffer."
+        "Call `rmsprop` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
         rmsprop(params, grads, [s['square_avg'] for s in states],
                 [s['grad_avg'] for s in states] if group['centered'] else [],
                 [s['momentum_buffer'] for s in states] if group['momentum'] > 0 else [],
@@ -113,7 +113,7 @@ def adadelta(params:list, # parameter arrays, updated in place
              eps:float, # added inside both square roots
              weight_decay:float, # L2 penalty added to the gradient
              maximize:bool, # ascend instead of descend
-             scratch:np.ndarray|None=None, # rows reused for the three temporaries (see `temporaries`)
+             scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
             ):
     "One Adadelta step on every array of `params`."
     for param, grad, square_avg, acc_delta, step in zip(params, grads, square_avgs, acc_deltas, state_steps, strict=True):
@@ -155,8 +155,12 @@ class Adadelta(Optimizer):
         "The state arrays shaped like a parameter."
         return ('square_avg', 'acc_delta')
 
+    def _temporaries(self, group):
+        "Three: the kernel's intermediate results."
+        return 3
+
     def _update(self, group, params, grads, states, scratch=None):
-        "Call `adadelta` on arrays and their state dicts: a whole group, or one chunk of its flat buffer."
+        "Call `adadelta` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
         adadelta(params, grads, [s['square_avg'] for s in states], [s['acc_delta'] for s in states],
                  [s['step'] for s in states], lr=float(group['lr']), rho=float(group['rho']), eps=float(group['eps']),
                  weight_decay=float(group['weight_decay']), maximize=bool(group['maximize']), scratch=scratch)

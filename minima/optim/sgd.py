@@ -22,11 +22,12 @@ def sgd(params:list, # parameter arrays, updated in place
         dampening:float, # dampening of the gradient added to the buffer
         nesterov:bool, # use Nesterov's look-ahead step
         maximize:bool, # ascend instead of descend
-        scratch:np.ndarray|None=None, # rows reused for the two temporaries (see `temporaries`)
+        scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
        ):
     "SGD with optional momentum, Nesterov, weight decay and maximize, on lists of arrays (PyTorch's semantics)."
     for i, (p, g) in enumerate(zip(params, grads)):
-        d, t = temporaries(scratch, p, 2)
+        t, *spare = temporaries(scratch, p, 2 if maximize or weight_decay != 0 or nesterov else 1)
+        d = spare[0] if spare else None   # the modified gradient, when there is one
         d_p = np.negative(g, out=d) if maximize else g
         if weight_decay != 0: d_p = np.add(d_p, np.multiply(p, weight_decay, out=t), out=d)
         if momentum != 0:
@@ -63,12 +64,16 @@ class SGD(Optimizer):
         "The state arrays shaped like a parameter: the momentum buffer, when there is momentum."
         return ('momentum_buffer',) if group['momentum'] != 0 else ()
 
+    def _temporaries(self, group):
+        "One for the step; one more for a modified gradient (maximize, weight decay, Nesterov)."
+        return 2 if group['maximize'] or group['weight_decay'] != 0 or group['nesterov'] else 1
+
     def _group_state(self, p, group):
         "The state of `p` (its buffer appears at its first step); without momentum no entry at all, as PyTorch."
         return self.state[p] if group['momentum'] != 0 else {}
 
     def _update(self, group, params, grads, states, scratch=None):
-        "Call `sgd` on arrays and their state dicts: a whole group, or one chunk of its flat buffer."
+        "Call `sgd` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
         uses_momentum = group['momentum'] != 0
         buffers = [s.get('momentum_buffer') for s in states] if uses_momentum else []
         sgd(params, grads, buffers, lr=group['lr'], weight_decay=group['weight_decay'], momentum=group['momentum'],
