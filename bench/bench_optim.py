@@ -10,8 +10,12 @@ Runs are interleaved (one step of each variant in turn) and the median is report
 (torch.set_num_threads(1)); NumPy's elementwise ufuncs are single-threaded too. Bandwidth counts the bytes a step
 must move (read p, g and the state, write p and the state) and is compared with an in-place add measured in the
 same run.
+
+Memory, per variant on the big model: the rise of peak RSS during one step after the warm-up, each variant in a
+fresh interpreter (`--rss-child`, internal) with glibc's malloc thresholds fixed so that freed temporaries are
+returned to the system; and, for minima's variants, the peak of NumPy's allocations in the step (tracemalloc).
 """
-import argparse, gc, statistics, sys, time, tracemalloc
+import argparse, gc, json, os, resource, statistics, subprocess, sys, time, tracemalloc
 from pathlib import Path
 import numpy as np
 
@@ -103,28 +107,90 @@ def step_allocation(prepare, step):
     return peak
 
 
-def run_model(torch, model, sizes, opt_name, repeats, with_numba, add_n):
+def variant_builders(torch, opt_name, sizes, with_numba):
+    "Variant name -> a function building it (model, optimizer, two warm-up steps): `(prepare, step, optimizer)`."
     cls, torch_name, kwargs = OPTIMIZERS[opt_name]
-    variants = {
-        "minima per-tensor": minima_variant(cls, kwargs, sizes, foreach=False),
-        "minima flat": minima_variant(cls, kwargs, sizes, foreach=True),
-        "minima flat, new grads": minima_variant(cls, kwargs, sizes, foreach=True, new_grads=True),
+    builders = {
+        "minima per-tensor": lambda: minima_variant(cls, kwargs, sizes, foreach=False),
+        "minima flat": lambda: minima_variant(cls, kwargs, sizes, foreach=True),
+        "minima flat, new grads": lambda: minima_variant(cls, kwargs, sizes, foreach=True, new_grads=True),
     }
-    if with_numba: variants["minima numba"] = minima_variant(cls, kwargs, sizes, foreach=True, backend="numba")
+    if with_numba: builders["minima numba"] = lambda: minima_variant(cls, kwargs, sizes, foreach=True, backend="numba")
     if torch is not None:
-        variants["torch foreach=False"] = torch_variant(torch, torch_name, kwargs, sizes, foreach=False)
-        variants["torch foreach=True"] = torch_variant(torch, torch_name, kwargs, sizes, foreach=True)
-        variants["torch fused"] = torch_variant(torch, torch_name, kwargs, sizes, fused=True)
+        builders["torch foreach=False"] = lambda: torch_variant(torch, torch_name, kwargs, sizes, foreach=False)
+        builders["torch foreach=True"] = lambda: torch_variant(torch, torch_name, kwargs, sizes, foreach=True)
+        builders["torch fused"] = lambda: torch_variant(torch, torch_name, kwargs, sizes, fused=True)
+    return builders
+
+
+# Fixed glibc thresholds for the peak-RSS child: every allocation of 128 KiB or more is its own mmap, unmapped when
+# freed. With glibc's default (a threshold that rises to the size of the last freed block, up to 32 MiB), the
+# warm-up's temporaries stay in the heap and the measured step reuses them: its RSS grows by 0 or by some leftover.
+RSS_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def _status():
+    "VmRSS and VmHWM from one read of /proc/self/status, in bytes."
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM")}
+
+
+def _reset_peak_rss():
+    "Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs); the RSS then, or None if not possible."
+    try:
+        before = _status()
+        with open("/proc/self/clear_refs", "w") as f: f.write("5")
+        after = _status()
+    except (OSError, KeyError, ValueError):
+        return None
+    # the reset took effect if the peak fell, or (when the process was at its peak) it equals the RSS
+    return after["VmRSS"] if after["VmHWM"] < before["VmHWM"] or after["VmHWM"] <= after["VmRSS"] else None
+
+
+def rss_child(variant, opt_name, sizes):
+    "In a fresh process: build `variant`, warm it up, and print the growth of peak RSS during one step as JSON."
+    torch = None
+    if variant.startswith("torch"):
+        import torch
+        torch.set_num_threads(1)
+    prepare, step, _ = variant_builders(torch, opt_name, sizes, variant == "minima numba")[variant]()
+    prepare(); gc.collect()
+    before = _reset_peak_rss()
+    if before is not None:
+        method = "VmHWM"
+        step()
+        grown = _status()["VmHWM"] - before
+    else:   # ru_maxrss is the peak since the process started: only growth above the build's own peak shows
+        method, before = "ru_maxrss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        step()
+        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024   # kB on Linux
+    print(json.dumps({"bytes": grown, "method": method}))
+
+
+def step_peak_rss(variant, opt_name, quick):
+    "Run `rss_child` in a fresh interpreter: no other variant's arrays or allocator caches in the way."
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", variant, "--optimizer", opt_name]
+    if quick: cmd.append("--quick")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **RSS_CHILD_ENV})
+    if proc.returncode: raise RuntimeError(f"peak-RSS child for {variant!r} failed:\n{proc.stderr}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result["bytes"], result["method"]
+
+
+def run_model(torch, model, sizes, opt_name, repeats, with_numba, add_n, quick=False):
+    variants = {name: build() for name, build in variant_builders(torch, opt_name, sizes, with_numba).items()}
     variants["in-place add"] = inplace_add_variant(add_n)
     inner = 50 if sum(sizes) < 100_000 else (5 if sum(sizes) < 5_000_000 else 1)
     medians = time_interleaved(variants, repeats, inner)
     step_mb = flat.step_bytes(variants["minima flat"][2])
     add_gbs = 3 * add_n * np.dtype(DTYPE).itemsize / medians.pop("in-place add") / 1e9
-    memory = {}
+    memory = {}   # variant -> (NumPy bytes allocated or None, peak RSS growth, how RSS was measured)
     if model == "big":
-        param_bytes = sum(sizes) * np.dtype(DTYPE).itemsize
         for name, (prepare, step, opt) in variants.items():
-            if opt is not None and name != "in-place add": memory[name] = (step_allocation(prepare, step), param_bytes)
+            if name == "in-place add": continue
+            numpy_bytes = step_allocation(prepare, step) if opt is not None else None
+            memory[name] = (numpy_bytes, *step_peak_rss(name, opt_name, quick))
     return medians, step_mb, add_gbs, memory
 
 
@@ -132,10 +198,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and a 5M-parameter big model")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repetitions per model (default 9, quick 3)")
+    ap.add_argument("--rss-child", metavar="VARIANT", help=argparse.SUPPRESS)   # internal: one peak-RSS measurement
+    ap.add_argument("--optimizer", default="Adam", choices=list(OPTIMIZERS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     repeats = args.repeats or (3 if args.quick else 9)
     models = dict(MODELS)
     if args.quick: models["big"] = [500_000] * 10
+    if args.rss_child: return rss_child(args.rss_child, args.optimizer, models["big"])
     add_n = sum(models["big"])   # the reference bandwidth: an in-place add as large as the big model
     try:
         import torch
@@ -151,16 +220,22 @@ def main():
         print("\n" + header + "\n" + "-" * len(header))
         for model, sizes in models.items():
             medians, nbytes, add_gbs, memory = run_model(torch, model, sizes, opt_name, repeats, with_numba,
-                                                         add_n=add_n)
+                                                         add_n=add_n, quick=args.quick)
             ref = medians.get("torch foreach=True")
             for name, t in medians.items():
                 gbs = nbytes / t / 1e9
                 ratio = f"{ref / t:.2f}x" if ref else "-"
                 print(f"{model:<11} {opt_name:<13} {name:<23} {t * 1e6:>10.1f} {gbs:>6.1f} {100 * gbs / add_gbs:>5.0f}% {ratio:>17}")
             print(f"{model:<11} {opt_name:<13} {'(in-place add)':<23} {'':>10} {add_gbs:>6.1f}")
-            for name, (allocated, param_bytes) in memory.items():
-                print(f"{model:<11} {opt_name:<13} {'memory ' + name:<23} NumPy allocated {allocated:,} bytes in a step "
-                      f"({allocated / param_bytes:.2g} x the parameters' {param_bytes:,} bytes)")
+            param_bytes = sum(sizes) * np.dtype(DTYPE).itemsize
+            for name, (allocated, rss, method) in memory.items():
+                label = f"{model:<11} {opt_name:<13} {'memory ' + name:<30}"
+                note = "" if method == "VmHWM" else " [ru_maxrss: growth above the process's earlier peak only]"
+                print(f"{label} peak RSS during a step: {rss / 1e6:+.1f} MB "
+                      f"({rss / param_bytes:.2f} x the parameters' {param_bytes / 1e6:.0f} MB){note}")
+                if allocated is not None:
+                    print(f"{label} NumPy allocated in a step (tracemalloc): {allocated:,} bytes "
+                          f"({allocated / param_bytes:.2g} x the parameters)")
             gc.collect()
 
 
