@@ -271,6 +271,8 @@ def test_pieces_fit_the_temporaries_in_one_chunk_of_scratch():
         assert np.array_equal(np.concatenate(datas), buffer.data) and all(np.shares_memory(d, buffer.data) for d in datas)
         assert all(s["m"].base is buffer.state["m"] for s in piece_states)
         assert buffer.scratch.size <= 8
+        assert buffer.pieces(temporaries) is buffer.pieces(temporaries)   # cut once, reused every step
+    assert buffer.pieces(0) is buffer.pieces(1)   # no temporaries: pieces as long as the chunk, cut once
     # the 0-d state: each piece advances its own copy, and the shared counter advances once per step
     def update(group, datas, grads, states, scratch):
         for s in states: s["step"] += 1

@@ -88,8 +88,8 @@ class FlatBuffer:
                temporaries:int, # how many temporaries the kernel takes from the scratch
               ) -> tuple:
         "Lists of views (data, grads, states) over pieces of the buffer small enough that `temporaries` of them fit in the scratch."
+        temporaries = max(1, temporaries)   # a kernel without temporaries still runs piece by piece
         if temporaries not in self._pieces:
-            temporaries = max(1, temporaries)
             length, datas, grads, states = max(1, min(self.chunk // temporaries, self.size)), [], [], []
             if self.scratch.size < length * temporaries: self.scratch = np.empty(length * temporaries, self.dtype)
             for lo, hi in _chunk_bounds(self.size, length):
