@@ -4,28 +4,49 @@
 
 # %% ../../nbs/07_adam.ipynb #ed3e53d9
 from __future__ import annotations
+from collections import namedtuple
 import numpy as np
-from .optimizer import Optimizer, params_with_grad
-from .optimizer import validate_betas, validate_eps, validate_lr, validate_weight_decay
-from .flat import step_group, temporaries
+from .optimizer import Optimizer, elementwise, lerp
+from .optimizer import validate_betas, validate_eps, validate_fused, validate_lr, validate_weight_decay
 
 # %% auto #0
-__all__ = ['lerp_', 'adam', 'Adam']
+__all__ = ['AdamConstants', 'adam_constants', 'adam_rule', 'adam', 'Adam']
 
 # %% ../../nbs/07_adam.ipynb #670c9f01
-def lerp_(start:np.ndarray, # array updated in place
-          end:np.ndarray, # the value to move towards
-          weight:float, # fraction of the way from `start` to `end`
-          tmp:np.ndarray|None=None, # an array like `start` that receives `end - start` (allocated when None)
-         ) -> np.ndarray:
-    "In place `start += weight * (end - start)`, with PyTorch's formula (exact at weight 0 and 1)."
-    w = start.dtype.type(weight)  # the scalar takes the array's dtype, as in PyTorch
-    diff = np.subtract(end, start, out=tmp)
-    if abs(w) < 0.5: diff *= w; start += diff
-    else: diff *= 1 - w; np.subtract(end, diff, out=start)
-    return start
+AdamConstants = namedtuple('AdamConstants', ['maximize', 'decoupled', 'l2', 'decay', 'weight_decay',
+    'beta1_weight', 'beta1_complement', 'beta2', 'one_minus_beta2', 'amsgrad', 'bias_correction2_sqrt',
+    'eps', 'step_size'])
+
+def adam_constants(step_t:np.ndarray, # the 0-d step counter, incremented in place
+                   *, amsgrad:bool, beta1:float, beta2:float, lr:float, weight_decay:float, eps:float,
+                   maximize:bool, decoupled_weight_decay:bool=False, # as `adam`
+                  ) -> AdamConstants:
+    "Advance the step counter and compute this step's constants: the bias corrections live here only."
+    step_t += 1
+    step = float(step_t)
+    decay = weight_decay != 0
+    return AdamConstants(
+        maximize, decay and decoupled_weight_decay, decay and not decoupled_weight_decay,
+        1 - lr * weight_decay, weight_decay, 1 - beta1, beta1, beta2, 1 - beta2, amsgrad,
+        (1 - beta2 ** step) ** 0.5, eps, lr / (1 - beta1 ** step))
 
 # %% ../../nbs/07_adam.ipynb #fbc41a8d
+def adam_rule(c, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq):
+    "One step of Adam on numbers or arrays, in PyTorch's order of operations."
+    if c.maximize: grad = -grad
+    if c.decoupled: param *= c.decay                  # AdamW (chapter 8)
+    if c.l2: grad = grad + param * c.weight_decay
+    exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.beta1_complement)
+    exp_avg_sq *= c.beta2
+    exp_avg_sq += grad * c.one_minus_beta2 * grad
+    if c.amsgrad:
+        max_exp_avg_sq = np.maximum(max_exp_avg_sq, exp_avg_sq)
+        denom = np.sqrt(max_exp_avg_sq) / c.bias_correction2_sqrt + c.eps
+    else:
+        denom = np.sqrt(exp_avg_sq) / c.bias_correction2_sqrt + c.eps
+    param -= c.step_size * exp_avg / denom
+    return param, exp_avg, exp_avg_sq, max_exp_avg_sq
+
 def adam(params:list, # parameter arrays, updated in place
          grads:list, # their gradients (not modified)
          exp_avgs:list, # first moments m, updated in place
@@ -41,31 +62,15 @@ def adam(params:list, # parameter arrays, updated in place
          eps:float, # added to the denominator, outside the square root
          maximize:bool, # ascend instead of descend
          decoupled_weight_decay:bool=False, # shrink the parameters directly (AdamW) instead
-         scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
+         apply=elementwise, # how the rule meets the arrays: NumPy (chapter 3) or a compiled loop (14b)
         ):
-    "Adam's update on lists of arrays, as PyTorch's single-tensor kernel; intermediate results go to one temporary (two with `maximize` or L2 decay)."
-    new_grad = maximize or (weight_decay != 0 and not decoupled_weight_decay)   # the caller's gradient is never modified
+    "Adam on lists of arrays, as `torch.optim.adam.adam`: per tensor, this step's constants, then the rule."
     for i, param in enumerate(params):
-        grad, exp_avg, exp_avg_sq, step_t = grads[i], exp_avgs[i], exp_avg_sqs[i], state_steps[i]
-        t, *spare = temporaries(scratch, param, 2 if new_grad else 1)
-        step_t += 1
-        if maximize: grad = np.negative(grad, out=spare[0])
-        if weight_decay != 0:
-            if decoupled_weight_decay: param *= 1 - lr * weight_decay
-            else: grad = np.add(grad, np.multiply(param, weight_decay, out=t), out=spare[0])
-        lerp_(exp_avg, grad, 1 - beta1, tmp=t)
-        exp_avg_sq *= beta2
-        exp_avg_sq += np.multiply(np.multiply(grad, 1 - beta2, out=t), grad, out=t)
-        step = float(step_t)
-        step_size = lr / (1 - beta1 ** step)
-        bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
-        if amsgrad:
-            np.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
-            exp_avg_sq = max_exp_avg_sqs[i]
-        # m / (sqrt(v)/c + eps) = c m / (sqrt(v) + c eps): the same number to rounding, one pass over the array fewer
-        denom = np.sqrt(exp_avg_sq, out=t)
-        denom += eps * bias_correction2_sqrt
-        param += np.multiply(np.divide(exp_avg, denom, out=t), -step_size * bias_correction2_sqrt, out=t)
+        c = adam_constants(state_steps[i], amsgrad=amsgrad, beta1=beta1, beta2=beta2, lr=lr,
+                           weight_decay=weight_decay, eps=eps, maximize=maximize,
+                           decoupled_weight_decay=decoupled_weight_decay)
+        max_exp_avg_sq = max_exp_avg_sqs[i] if amsgrad else None
+        apply(adam_rule, c, param, grads[i], exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sq)
 
 # %% ../../nbs/07_adam.ipynb #6cadad4a
 def _validate_float_betas(betas):
@@ -77,43 +82,34 @@ class Adam(Optimizer):
     "Adam (Kingma & Ba, 2015): momentum with per-coordinate step sizes; AMSGrad and AdamW's decay as options."
     def __init__(self,
                  params, # iterable of parameters or of dicts defining parameter groups
-                 lr:float=1e-3, # learning rate: about the largest step of a coordinate
+                 lr:float=1e-3, # learning rate: the length of the first step of every coordinate
                  betas:tuple=(0.9, 0.999), # decay rates of the first and second moments
                  eps:float=1e-8, # added to the denominator, outside the square root
                  weight_decay:float=0, # L2 penalty added to the gradient (see `decoupled_weight_decay`)
                  amsgrad:bool=False, # divide by the running maximum of the second moment
                  *,
-                 foreach:bool|None=None, # flat fast path: None for large groups, True always, False never (chapter 14)
+                 foreach:bool|None=None, # flat buffers: None for large groups, True always, False never
                  maximize:bool=False, # ascend instead of descend
+                 fused:bool|None=None, # one compiled loop per buffer or tensor (needs numba; chapter 14b)
                  decoupled_weight_decay:bool=False, # shrink the parameters directly, as AdamW
                 ):
         validate_lr(lr); validate_eps(eps); validate_betas(betas); validate_weight_decay(weight_decay)
         _validate_float_betas(betas)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, foreach=foreach, decoupled_weight_decay=decoupled_weight_decay)
+                        maximize=maximize, foreach=foreach, fused=fused,
+                        decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
+        validate_fused(foreach, fused)
 
     def _state_keys(self, group):
         "The state arrays shaped like a parameter."
         return ('exp_avg', 'exp_avg_sq') + (('max_exp_avg_sq',) if group['amsgrad'] else ())
 
-    def _temporaries(self, group):
-        "One, and one more for a modified gradient (maximize or L2 decay): the flat path cuts its pieces to fit."
-        l2 = group['weight_decay'] != 0 and not group['decoupled_weight_decay']
-        return 2 if group['maximize'] or l2 else 1
-
-    def _update(self, group, params, grads, states, scratch=None):
+    def _update(self, group, params, grads, states, apply=elementwise):
         "Call `adam` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
         beta1, beta2 = group['betas']
         adam(params, grads, [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states],
              [s['max_exp_avg_sq'] for s in states] if group['amsgrad'] else [], [s['step'] for s in states],
              amsgrad=group['amsgrad'], beta1=beta1, beta2=beta2, lr=group['lr'],
              weight_decay=group['weight_decay'], eps=group['eps'], maximize=group['maximize'],
-             decoupled_weight_decay=group['decoupled_weight_decay'], scratch=scratch)
-
-    def step(self, closure=None):
-        "One Adam step for every parameter with a gradient; returns the closure's loss."
-        loss = None
-        if closure is not None: loss = closure()
-        for group in self.param_groups: step_group(self, group)   # flat buffers or per tensor (chapter 14)
-        return loss
+             decoupled_weight_decay=group['decoupled_weight_decay'], apply=apply)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from .optimizer import Optimizer, params_with_grad
 from .optimizer import validate_betas, validate_eps, validate_lr, validate_weight_decay
-from .adam import lerp_
+from .flat import lerp_
 from .flat import step_group, temporaries
 
 # %% auto #0

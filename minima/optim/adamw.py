@@ -33,7 +33,8 @@ class AdamW(Adam):
                  amsgrad:bool=False, # divide by the running maximum of the second moment
                  *,
                  maximize:bool=False, # ascend instead of descend
-                 foreach:bool|None=None, # flat fast path: None for large groups, True always, False never (chapter 14)
+                 foreach:bool|None=None, # flat buffers: None for large groups, True always, False never
+                 fused:bool|None=None, # one compiled loop per buffer or tensor (needs numba; chapter 14b)
                 ):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach,
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach, fused=fused,
                          decoupled_weight_decay=True)

@@ -9,8 +9,9 @@ from collections import OrderedDict, defaultdict
 import numpy as np
 
 # %% auto #0
-__all__ = ['is_parameter', 'Optimizer', 'validate_lr', 'validate_momentum', 'validate_weight_decay', 'validate_eps',
-           'validate_betas', 'params_with_grad', 'param_groups_no_decay']
+__all__ = ['is_parameter', 'lerp', 'scalars_in_dtype', 'elementwise', 'Optimizer', 'validate_lr', 'validate_momentum',
+           'validate_weight_decay', 'validate_eps', 'validate_betas', 'validate_fused', 'params_with_grad',
+           'register_fast_step', 'param_groups_no_decay']
 
 # %% ../../nbs/03_optimizer.ipynb #ee8278f9
 def is_parameter(obj) -> bool:
@@ -97,6 +98,36 @@ def _with_step_hooks(step):
     hooked_step._runs_hooks = True
     return hooked_step
 
+# %% ../../nbs/03_optimizer.ipynb #b99e4037
+def lerp(start, # the running value (updated in place when it is an array and `weight < 1/2`)
+         end, # the value to move towards
+         weight, # fraction of the way from `start` to `end`
+         complement, # `1 - weight`, in the same dtype
+        ):
+    "PyTorch's `lerp`: `start + weight * (end - start)` below weight 1/2, else `end - (end - start) * complement`."
+    if abs(weight) < 0.5:
+        start += weight * (end - start)
+        return start
+    return end - (end - start) * complement
+
+def scalars_in_dtype(c:tuple, # a step's constants (a named tuple of numbers and flags)
+                     dtype, # the dtype of the arrays they meet
+                    ) -> tuple:
+    "`c` with every number in `dtype` (flags stay bool): float32 arrays are updated in float32 arithmetic."
+    number = np.dtype(dtype).type
+    return type(c)(*(v if isinstance(v, (bool, np.bool_)) else number(v) for v in c))
+
+def elementwise(rule, # `rule(c, param, grad, *states)` returning `(param, *states)`
+                c:tuple, # this step's constants
+                param:np.ndarray, # updated in place
+                grad:np.ndarray, # read only
+                *states, # state arrays, updated in place (None for a state the options leave out)
+               ):
+    "Apply `rule` to whole arrays, NumPy broadcasting each operation; write back results that are new arrays."
+    new = rule(scalars_in_dtype(c, param.dtype), param, grad, *states)
+    for array, value in zip((param, *states), new):
+        if array is not None and value is not array: array[...] = value
+
 # %% ../../nbs/03_optimizer.ipynb #346af861
 class Optimizer:
     "Base class of all optimizers: parameter groups, per-parameter state, saving and hooks (PyTorch's API)."
@@ -137,16 +168,28 @@ class Optimizer:
                 else: p.grad[...] = 0
 
     def step(self, closure=None):
-        "Update the parameters once; `closure` re-evaluates the model and returns the loss. Subclasses implement it."
+        "Update every group once; `closure` re-evaluates the model and returns its loss, which `step` returns."
+        loss = None if closure is None else closure()
+        fast_step = _fast_step_for(type(self))
+        for group in self.param_groups:
+            if fast_step is None: self._step_tensors(group)
+            else: fast_step(self, group)   # minima.fast: flat buffers or compiled loops (chapter 14)
+        return loss
+
+    def _step_tensors(self, group, apply=elementwise):
+        "The reference path: the kernel on the parameters of `group` that have a gradient, one array each."
+        params = [p for p in group['params'] if p.grad is not None]
+        if not params: return
+        states = [self._group_state(p, group) for p in params]
+        self._update(group, [p.data for p in params], [p.grad for p in params], states, apply)
+
+    def _update(self, group, params, grads, states, apply=elementwise):
+        "Call the kernel on lists of arrays and their state dicts; subclasses implement it."
         raise NotImplementedError
 
     def _state_keys(self, group) -> tuple:
         "Names of the state arrays shaped like a parameter; subclasses list theirs."
         return ()
-
-    def _temporaries(self, group) -> int:
-        "How many arrays like a parameter the kernel needs for intermediate results with `group`'s options (chapter 14)."
-        return 2
 
     def _group_state(self, p, group) -> dict:
         "The state of `p`, created at its first step: a 0-d step counter and zeros for each of `_state_keys(group)`."
@@ -202,6 +245,8 @@ class Optimizer:
             lines += [f"    {k}: {group[k]}" for k in sorted(group) if k != 'params']
         return "\n".join(lines) + "\n)"
 
+Optimizer.step = _with_step_hooks(Optimizer.step)   # subclasses that define their own are wrapped as defined
+
 # %% ../../nbs/03_optimizer.ipynb #83b5a6a3
 def validate_lr(lr):
     "Raise `ValueError` unless `lr >= 0`."
@@ -224,11 +269,28 @@ def validate_betas(betas):
     for i, beta in enumerate(betas[:2]):
         if not 0.0 <= beta < 1.0: raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
 
+def validate_fused(foreach, fused):
+    "Raise PyTorch's `RuntimeError` when `foreach` and `fused` are both True."
+    if fused and foreach: raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
 # %% ../../nbs/03_optimizer.ipynb #8f6ef5c5
 def params_with_grad(group:dict # a parameter group
                     ) -> list:
     "The parameters of `group` whose `.grad` is not None, in order."
     return [p for p in group['params'] if p.grad is not None]
+
+# %% ../../nbs/03_optimizer.ipynb #b5d1ce66
+_FAST_STEPS = {}   # optimizer class -> its fast step; filled by minima.fast, which this module never imports
+
+def register_fast_step(cls:type, # an optimizer class whose `_update` takes `apply`
+                       fast_step, # `fast_step(optimizer, group)`: flat buffers or compiled loops (chapter 14)
+                      ):
+    "Let `cls` (and its subclasses) step its groups with `fast_step` unless a group asks `foreach=False`."
+    _FAST_STEPS[cls] = fast_step
+
+def _fast_step_for(cls):
+    "The fast step registered for `cls` or the nearest parent class, else None (then the reference runs)."
+    return next((_FAST_STEPS[k] for k in cls.__mro__ if k in _FAST_STEPS), None)
 
 # %% ../../nbs/03_optimizer.ipynb #ad1dd4a6
 def param_groups_no_decay(named_parameters, # an iterable of `(name, parameter)`, e.g. `model.named_parameters()`
