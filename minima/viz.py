@@ -137,5 +137,40 @@ def steps_to_reach(values, # values of f along a run, e.g. from `trajectory`
     return int(hits[0]) if hits.size else None
 
 # %% ../nbs/02b_viz.ipynb #84c534bf
-from .optim.lr_scheduler import plot_schedule
-_all_ = ['plot_schedule']
+def _momentum_of(group):
+    return group["betas"][0] if "betas" in group else group.get("momentum")
+
+def plot_schedule(make_scheduler, # `make_scheduler(optimizer)` -> a scheduler
+                  steps:int, # number of optimizer steps to draw
+                  ax=None, # matplotlib Axes to draw on (default: a new figure)
+                  title:str=None, # plot title (default: the scheduler's class)
+                  momentum:bool=False, # also draw the momentum, on a right axis
+                 ):
+    """Plot the lr a scheduler gives at each of `steps` steps of a fresh SGD
+    (lr 0.1, momentum 0.9); returns the Axes."""
+    import matplotlib.pyplot as plt
+    from minima.optim.sgd import SGD
+    optimizer = SGD([_Point(np.zeros(1))], lr=0.1, momentum=0.9)
+    scheduler = make_scheduler(optimizer)
+    lrs, momentums = [], []
+    for _ in range(steps):  # record the values each optimizer step uses
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        momentums.append([_momentum_of(g) for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    if ax is None: _, ax = plt.subplots(figsize=(5, 3))
+    lrs = np.array(lrs)
+    for k in range(lrs.shape[1]):
+        ax.plot(lrs[:, k], color="C0", ls=("-", "--", ":", "-.")[k % 4],
+                label="lr" + (f" (group {k})" if k else ""))
+    ax.set(xlabel="step", ylabel="lr",
+           title=title or type(scheduler).__name__)
+    if momentum:
+        ax2 = ax.twinx()
+        ax2.plot(np.array(momentums, dtype=float)[:, 0], color="C1",
+                 label="momentum")
+        ax2.set_ylabel("momentum", color="C1")
+        ax2.legend(handles=ax.get_lines() + ax2.get_lines(), loc="best",
+                   fontsize="small")
+    elif lrs.shape[1] > 1: ax.legend(fontsize="small")
+    return ax

@@ -490,11 +490,12 @@ def test_errors_leave_the_optimizer_untouched():
 def test_plot_schedule_draws_the_lr_each_step_uses():
     import matplotlib
     matplotlib.use("Agg")
-    ax = M.plot_schedule(lambda o: M.StepLR(o, step_size=10, gamma=0.5), 35, momentum=True)
+    from minima.viz import plot_schedule
+    ax = plot_schedule(lambda o: M.StepLR(o, step_size=10, gamma=0.5), 35, momentum=True)
     lr = ax.lines[0].get_ydata()
     assert len(lr) == 35 and lr[0] == 0.1 and lr[9] == 0.1 and lr[10] == 0.05 and lr[34] == pytest.approx(0.0125)
     assert ax.get_title() == "StepLR"
-    ax = M.plot_schedule(lambda o: M.OneCycleLR(o, max_lr=1.0, total_steps=100), 100, momentum=True, title="one cycle")
+    ax = plot_schedule(lambda o: M.OneCycleLR(o, max_lr=1.0, total_steps=100), 100, momentum=True, title="one cycle")
     momentum = ax.figure.axes[-1].lines[0].get_ydata()
     assert momentum[0] == pytest.approx(0.95) and min(momentum) == pytest.approx(0.85, abs=1e-3)
     assert ax.get_title() == "one cycle"
