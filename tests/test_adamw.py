@@ -83,5 +83,5 @@ def test_no_decoupled_weight_decay_argument(torch):
 def test_signature_matches_torch(torch):
     import inspect
     ref = inspect.signature(torch.optim.AdamW).parameters.values()
-    expected = [(p.name, p.kind, p.default) for p in ref if p.name not in ("capturable", "differentiable", "fused")]
+    expected = [(p.name, p.kind, p.default) for p in ref if p.name not in ("capturable", "differentiable")]
     assert [(p.name, p.kind, p.default) for p in inspect.signature(AdamW).parameters.values()] == expected
