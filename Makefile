@@ -24,12 +24,13 @@ $(MATHJAX)/tex-chtml.js:
 	mkdir -p _build/mathjax
 	npm install --no-audit --no-fund --silent --prefix _build/mathjax mathjax@$(MATHJAX_VERSION)
 
+# nbdev-export, able to export one notebook into several modules (see the script).
 export: install
-	$(BIN)/nbdev-export
+	$(BIN)/python tools/export.py
 	$(BIN)/nbdev-clean
 
 book: install $(MATHJAX)/tex-chtml.js
-	$(BIN)/nbdev-export
+	$(BIN)/python tools/export.py
 	$(BIN)/python tools/stage_book.py nbs _build/src $(MATHJAX)
 	$(BIN)/jupyter-book build _build/src --path-output . --keep-going
 	$(BIN)/python tools/check_book.py _build/html
