@@ -10,6 +10,7 @@ __all__ = ['ELEMENTWISE']
 from ..optim.optimizer import register_fast_step
 from .flat import step_group
 from ..optim.adam import Adam
+from ..optim.sgd import SGD
 
-ELEMENTWISE = (Adam,)   # AdamW inherits Adam's registration
+ELEMENTWISE = (Adam, SGD)   # AdamW inherits Adam's registration, GD SGD's
 for _cls in ELEMENTWISE: register_fast_step(_cls, step_group)

@@ -4,45 +4,70 @@
 
 # %% ../../nbs/04_sgd.ipynb #b74f43b8
 from __future__ import annotations
+from collections import namedtuple
 import numpy as np
-from .optimizer import Optimizer, params_with_grad, validate_lr, validate_momentum, validate_weight_decay
-from .flat import step_group, temporaries
+from .optimizer import (Optimizer, elementwise, validate_fused,
+    validate_lr, validate_momentum, validate_weight_decay)
 
 # %% auto #0
-__all__ = ['sgd', 'SGD', 'GD']
+__all__ = ['SGDConstants', 'sgd_constants', 'sgd_rule', 'sgd', 'SGD', 'GD']
+
+# %% ../../nbs/04_sgd.ipynb #f327e87d
+SGDConstants = namedtuple('SGDConstants', ['maximize', 'l2', 'weight_decay',
+    'uses_momentum', 'new_buffer', 'momentum', 'dampened',
+    'one_minus_dampening', 'nesterov', 'lr'])
+
+def sgd_constants(new_buffer:bool, # the momentum buffer is new: its first step
+                  *, weight_decay:float, momentum:float, lr:float,
+                  dampening:float, nesterov:bool, maximize:bool, # as `sgd`
+                 ) -> SGDConstants:
+    "This step's flags and numbers; SGD has no step counter to advance."
+    return SGDConstants(
+        bool(maximize), weight_decay != 0, weight_decay, momentum != 0,
+        bool(new_buffer), momentum, dampening != 0, 1 - dampening,
+        bool(nesterov), lr)
 
 # %% ../../nbs/04_sgd.ipynb #ac091ea1
+def sgd_rule(c, param, grad, momentum_buffer):
+    "One step of SGD on numbers or arrays, in PyTorch's order of operations."
+    if c.maximize: grad = -grad
+    if c.l2: grad = grad + param * c.weight_decay
+    if c.uses_momentum:
+        if c.new_buffer: momentum_buffer = grad          # b_1 = g_1
+        else:
+            momentum_buffer *= c.momentum
+            if c.dampened: momentum_buffer += grad * c.one_minus_dampening
+            else: momentum_buffer += grad               # (1 - 0) g is g
+        if c.nesterov: grad = grad + momentum_buffer * c.momentum
+        else: grad = momentum_buffer
+    param -= grad * c.lr
+    return param, momentum_buffer
+
 def sgd(params:list, # parameter arrays, updated in place
-        grads:list, # their gradients (not modified)
-        momentum_buffers:list, # one buffer or None per parameter (ignored when momentum == 0); filled in
+        d_p_list:list, # their gradients (not modified)
+        momentum_buffer_list:list, # buffers or None; empty without momentum
         *,
-        lr:float, # learning rate
         weight_decay:float, # L2 penalty added to the gradient
         momentum:float, # momentum factor
+        lr:float, # learning rate
         dampening:float, # dampening of the gradient added to the buffer
         nesterov:bool, # use Nesterov's look-ahead step
         maximize:bool, # ascend instead of descend
-        scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
+        apply=elementwise, # how the rule meets the arrays
        ):
-    "SGD with optional momentum, Nesterov, weight decay and maximize, on lists of arrays (PyTorch's semantics)."
-    for i, (p, g) in enumerate(zip(params, grads)):
-        t, *spare = temporaries(scratch, p, 2 if maximize or weight_decay != 0 or nesterov else 1)
-        d = spare[0] if spare else None   # the modified gradient, when there is one
-        d_p = np.negative(g, out=d) if maximize else g
-        if weight_decay != 0: d_p = np.add(d_p, np.multiply(p, weight_decay, out=t), out=d)
-        if momentum != 0:
-            buf = momentum_buffers[i]
-            if buf is None:
-                buf = momentum_buffers[i] = np.array(d_p, copy=True)  # the first buffer is the gradient itself
-            else:
-                buf *= momentum
-                buf += d_p if dampening == 0 else np.multiply(d_p, 1 - dampening, out=t)  # (1 - 0) * d_p is d_p
-            d_p = np.add(d_p, np.multiply(buf, momentum, out=t), out=d) if nesterov else buf
-        p -= np.multiply(d_p, lr, out=t)
+    "SGD on lists of arrays, as `torch.optim.sgd.sgd`: constants, then rule."
+    for i, param in enumerate(params):
+        buf = momentum_buffer_list[i] if momentum != 0 else None
+        new = momentum != 0 and buf is None   # the rule fills a new buffer
+        if new: buf = momentum_buffer_list[i] = np.empty_like(d_p_list[i])
+        c = sgd_constants(new, weight_decay=weight_decay, momentum=momentum,
+                          lr=lr, dampening=dampening, nesterov=nesterov,
+                          maximize=maximize)
+        apply(sgd_rule, c, param, d_p_list[i], buf)
 
 # %% ../../nbs/04_sgd.ipynb #9ac09c14
 class SGD(Optimizer):
-    "Stochastic gradient descent with optional momentum, Nesterov momentum and weight decay (PyTorch's `SGD`)."
+    "Gradient descent with momentum, Nesterov, weight decay: PyTorch's `SGD`."
     def __init__(self,
                  params, # parameters, or dicts defining parameter groups
                  lr:float=1e-3, # learning rate
@@ -51,51 +76,51 @@ class SGD(Optimizer):
                  weight_decay:float=0, # L2 penalty
                  nesterov:bool=False, # enable Nesterov momentum
                  *,
-                 maximize:bool=False, # maximize the objective instead of minimizing it
-                 foreach:bool|None=None, # flat fast path: None for large groups, True always, False never (chapter 14)
+                 maximize:bool=False, # maximize the objective instead
+                 foreach:bool|None=None, # flat buffers: None when large
+                 fused:bool|None=None, # compiled loops (needs numba)
                 ):
-        validate_lr(lr); validate_momentum(momentum); validate_weight_decay(weight_decay)
+        validate_lr(lr); validate_momentum(momentum)
+        validate_weight_decay(weight_decay)
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=nesterov,
+                        maximize=maximize, foreach=foreach, fused=fused)
         if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                                      nesterov=nesterov, maximize=maximize, foreach=foreach))
+            raise ValueError(
+                "Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(params, defaults)
+        validate_fused(foreach, fused)
 
     def _state_keys(self, group):
-        "The state arrays shaped like a parameter: the momentum buffer, when there is momentum."
+        "The state arrays shaped like a parameter: the buffer, with momentum."
         return ('momentum_buffer',) if group['momentum'] != 0 else ()
 
-    def _temporaries(self, group):
-        "One for the step; one more for a modified gradient (maximize, weight decay, Nesterov)."
-        return 2 if group['maximize'] or group['weight_decay'] != 0 or group['nesterov'] else 1
-
     def _group_state(self, p, group):
-        "The state of `p` (its buffer appears at its first step); without momentum no entry at all, as PyTorch."
+        "The state of `p`: empty before its first step, none without momentum."
         return self.state[p] if group['momentum'] != 0 else {}
 
-    def _update(self, group, params, grads, states, scratch=None):
-        "Call `sgd` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
-        uses_momentum = group['momentum'] != 0
-        buffers = [s.get('momentum_buffer') for s in states] if uses_momentum else []
-        sgd(params, grads, buffers, lr=group['lr'], weight_decay=group['weight_decay'], momentum=group['momentum'],
-            dampening=group['dampening'], nesterov=group['nesterov'], maximize=group['maximize'], scratch=scratch)
+    def _update(self, group, params, grads, states, apply=elementwise):
+        "Call `sgd`; store the buffers it creates at a parameter's first step."
+        momentum = group['momentum']
+        buffers = ([s.get('momentum_buffer') for s in states]
+                   if momentum != 0 else [])
+        sgd(params, grads, buffers, weight_decay=group['weight_decay'],
+            momentum=momentum, lr=group['lr'], dampening=group['dampening'],
+            nesterov=group['nesterov'], maximize=group['maximize'],
+            apply=apply)
         for s, buf in zip(states, buffers): s['momentum_buffer'] = buf
-
-    def step(self, closure=None):
-        "One update of every parameter that has a gradient; returns `closure()` if given."
-        loss = None
-        if closure is not None: loss = closure()
-        for group in self.param_groups: step_group(self, group)   # flat buffers or per tensor (chapter 14)
-        return loss
 
 # %% ../../nbs/04_sgd.ipynb #c6a6f7a3
 class GD(SGD):
-    "Plain (full-batch) gradient descent: `p -= lr * (grad + weight_decay * p)`."
+    "Plain (full-batch) gradient descent: `p -= lr * (grad + weight_decay*p)`."
     def __init__(self,
                  params, # parameters, or dicts defining parameter groups
                  lr:float, # learning rate
                  weight_decay:float=0, # L2 penalty
                  *,
-                 maximize:bool=False, # maximize the objective instead of minimizing it
-                 foreach:bool|None=None, # flat fast path: None for large groups, True always, False never (chapter 14)
+                 maximize:bool=False, # maximize the objective instead
+                 foreach:bool|None=None, # flat buffers: None when large
+                 fused:bool|None=None, # compiled loops (needs numba)
                 ):
-        super().__init__(params, lr=lr, weight_decay=weight_decay, maximize=maximize, foreach=foreach)
+        super().__init__(params, lr=lr, weight_decay=weight_decay,
+                         maximize=maximize, foreach=foreach, fused=fused)
