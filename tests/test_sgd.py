@@ -188,8 +188,6 @@ def test_fast_paths_agree_bitwise_with_the_reference(dtype, sizes):
                 assert np.array_equal(s["momentum_buffer"], ref_state[k]["momentum_buffer"]), what
 
 
-@pytest.mark.xfail(reason="minima.fast.flat's _GroupBuffers.dissolve reads opt.state[p] (a defaultdict) for every "
-                          "parameter, leaving empty state entries that torch's SGD without momentum never has")
 def test_fast_paths_keep_no_state_without_momentum():
     _, state = run_modes(dict(lr=0.1), np.float64, SIZES["many"], foreach=True)
     assert state == {}

@@ -170,8 +170,8 @@ class _GroupBuffers:
 
     def dissolve(self, opt):
         "Stop using the buffers: parameters stay views (valid arrays) and get their own 0-d state back."
-        if opt.state is self.state_ref:
-            for b in self.buffers: b.unshare_scalars([opt.state[p] for p in b.params])
+        if opt.state is self.state_ref:   # .get: reading a defaultdict would give stateless parameters state
+            for b in self.buffers: b.unshare_scalars([opt.state.get(p, {}) for p in b.params])
         self.buffers = []
 
 # %% ../../nbs/14_fast.ipynb #729e11fc
