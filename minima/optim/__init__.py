@@ -18,7 +18,9 @@ from .adagrad import Adagrad, AdaGrad
 from .rmsprop import RMSprop, RMSProp, Adadelta
 from .adam import Adam
 from .adamw import AdamW
-from .adam_variants import Adamax, NAdam, RAdam
+from .adamax import Adamax
+from .nadam import NAdam
+from .radam import RAdam
 from .beyond import LBFGS, Rprop, ASGD
 from . import lr_scheduler
 from . import flat

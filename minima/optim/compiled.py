@@ -298,7 +298,9 @@ def compile_updates() -> dict:
     from minima.optim.adagrad import Adagrad
     from minima.optim.rmsprop import RMSprop, Adadelta
     from minima.optim.adam import Adam
-    from minima.optim.adam_variants import Adamax, NAdam, RAdam
+    from minima.optim.adamax import Adamax
+    from minima.optim.nadam import NAdam
+    from minima.optim.radam import RAdam
     from minima.optim.beyond import Rprop, ASGD
     jit = numba.njit(cache=True, error_model='numpy')   # no division-by-zero branch: the loops vectorize
     pairs = [(SGD, _sgd_update, _sgd_loop), (Adagrad, _adagrad_update, _adagrad_loop),
