@@ -82,6 +82,18 @@ def test_group_keys_match_torch(torch):
     assert all(mine[k] == ref[k] for k in mine if k != "params")
 
 
+def test_signature_matches_torch(torch):
+    import inspect
+    ref = inspect.signature(torch.optim.Adagrad).parameters.values()
+    expected = [(p.name, p.kind, p.default) for p in ref if p.name not in parity.TORCH_ONLY_GROUP_KEYS]
+    assert [(p.name, p.kind, p.default) for p in inspect.signature(Adagrad).parameters.values()] == expected
+
+
+def test_fused_and_foreach_cannot_both_be_true(torch):
+    with pytest.raises(RuntimeError, match="`fused` and `foreach` cannot be `True` together."):
+        Adagrad([Param(np.zeros(2))], foreach=True, fused=True)
+
+
 def test_kernel_leaves_grads_alone_and_counts_steps():
     params, grads = [np.array([1.0, -2.0])], [np.array([0.5, 4.0])]
     sums, steps = [np.zeros(2)], [np.zeros((), np.float64)]
@@ -123,3 +135,43 @@ def test_first_invalid_argument_is_reported_in_torch_order(torch):
     with pytest.raises(ValueError) as mine: Adagrad([Param(np.zeros(1))], **bad)
     with pytest.raises(ValueError) as ref: torch.optim.Adagrad([torch.zeros(1, requires_grad=True)], **bad)
     assert str(mine.value) == str(ref.value)
+
+
+# fused=True (a compiled loop) and foreach=True (the kernel on pieces of a flat buffer) do the reference's
+# arithmetic: they must agree with foreach=False bit for bit. Nine small tensors in one group (fused shares a
+# buffer among them) and one larger than a flat piece in another (fused updates it in place, foreach in pieces).
+FAST_SHAPES = [(3, 4), (5,), (2, 3, 2), (1,), (7,), (6,), (4, 4), (3,), (10,)]
+BIG = 300_001
+
+
+def fast_twins(cls, kwargs, dtype, steps=4):
+    "Parameters and state of `cls` after `steps` steps with foreach=False, foreach=True and fused=True."
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal(s).astype(dtype) for s in FAST_SHAPES + [(BIG,)]]
+    grads = [[rng.standard_normal(a.shape).astype(dtype) for a in start] for _ in range(steps)]
+    runs = []
+    for fast in (dict(foreach=False), dict(foreach=True), dict(fused=True)):
+        params = [Param(a.copy()) for a in start] + [Param(np.ones(2, dtype))]   # the last gets no gradient
+        opt = cls([{"params": params[:9]}, {"params": params[9:]}], **kwargs, **fast)
+        for gs in grads:
+            for p, g in zip(params, gs): p.grad = g.copy()
+            opt.step()
+        runs.append([(p.data, opt.state[p]) for p in params])
+    return runs
+
+
+def assert_fast_paths_agree_bitwise(cls, kwargs, dtype):
+    pytest.importorskip("numba")
+    reference, *fast = fast_twins(cls, kwargs, dtype)
+    for run, name in zip(fast, ("foreach=True", "fused=True")):
+        for i, ((data, state), (ref_data, ref_state)) in enumerate(zip(run, reference)):
+            assert np.array_equal(data, ref_data), f"{name}: param {i} differs"
+            assert set(state) == set(ref_state), f"{name}: state keys of param {i}"
+            for k, v in ref_state.items():
+                assert np.array_equal(state[k], v), f"{name}: state[{i}][{k!r}] differs"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("options", OPTIONS)
+def test_fast_paths_agree_bitwise_with_the_reference(dtype, options):
+    assert_fast_paths_agree_bitwise(Adagrad, kwargs_for(*options), dtype)

@@ -2,8 +2,9 @@
 import itertools
 import numpy as np
 import pytest
-from parity import run_parity, run_state_dict_roundtrip, Param, TORCH_ONLY_GROUP_KEYS, assert_same_error
-from minima.optim.rmsprop import RMSprop, RMSProp, rmsprop, Adadelta, adadelta
+from parity import run_parity, run_state_dict_roundtrip, Param, expected_group_keys, assert_same_error
+from minima.optim.rmsprop import RMSprop, RMSProp, rmsprop
+from minima.optim.adadelta import Adadelta, adadelta
 
 DTYPES = [np.float32, np.float64]
 
@@ -65,8 +66,9 @@ def test_adadelta_state_dict_roundtrip(torch, dtype, options):
 def test_group_keys_match_torch(torch, cls_name):
     mine = globals()[cls_name]([Param(np.zeros(2))]).state_dict()["param_groups"][0]
     ref = getattr(torch.optim, cls_name)([torch.zeros(2, requires_grad=True)]).state_dict()["param_groups"][0]
-    assert set(mine) == set(ref) - TORCH_ONLY_GROUP_KEYS
-    assert all(mine[k] == ref[k] for k in mine if k != "params")
+    assert set(mine) == expected_group_keys(mine, ref)
+    assert all(mine[k] == ref[k] for k in mine if k in ref and k != "params")
+    assert mine["fused"] is None
 
 
 def test_alias_and_signatures():
@@ -75,6 +77,12 @@ def test_alias_and_signatures():
     assert opt.defaults["foreach"] is None and opt.defaults["maximize"] is False
     opt = RMSprop([Param(np.zeros(2))], 0.01, 0.99, 1e-8, 0.0, 0.5, True, maximize=True, foreach=False)
     assert opt.defaults["momentum"] == 0.5 and opt.defaults["centered"] and opt.defaults["maximize"]
+
+
+@pytest.mark.parametrize("cls", [RMSprop, Adadelta])
+def test_fused_and_foreach_cannot_both_be_true(cls):
+    with pytest.raises(RuntimeError, match="`fused` and `foreach` cannot be `True` together."):
+        cls([Param(np.zeros(2))], foreach=True, fused=True)
 
 
 def test_rmsprop_first_step_closed_form():
@@ -146,3 +154,59 @@ def test_first_invalid_argument_is_reported_in_torch_order(torch, cls_name, bad)
 def test_rmsprop_accepts_alpha_above_one_like_torch(torch):
     RMSprop([Param(np.zeros(1))], alpha=1.5)
     torch.optim.RMSprop([torch.zeros(1, requires_grad=True)], alpha=1.5)
+
+
+# fused=True (a compiled loop) and foreach=True (the kernel on pieces of a flat buffer) do the reference's
+# arithmetic: they must agree with foreach=False bit for bit. Nine small tensors in one group (fused shares a
+# buffer among them) and one larger than a flat piece in another (fused updates it in place, foreach in pieces).
+FAST_SHAPES = [(3, 4), (5,), (2, 3, 2), (1,), (7,), (6,), (4, 4), (3,), (10,)]
+BIG = 300_001
+
+
+def fast_twins(cls, kwargs, dtype, steps=4):
+    "Parameters and state of `cls` after `steps` steps with foreach=False, foreach=True and fused=True."
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal(s).astype(dtype) for s in FAST_SHAPES + [(BIG,)]]
+    grads = [[rng.standard_normal(a.shape).astype(dtype) for a in start] for _ in range(steps)]
+    runs = []
+    for fast in (dict(foreach=False), dict(foreach=True), dict(fused=True)):
+        params = [Param(a.copy()) for a in start] + [Param(np.ones(2, dtype))]   # the last gets no gradient
+        opt = cls([{"params": params[:9]}, {"params": params[9:]}], **kwargs, **fast)
+        for gs in grads:
+            for p, g in zip(params, gs): p.grad = g.copy()
+            opt.step()
+        runs.append([(p.data, opt.state[p]) for p in params])
+    return runs
+
+
+def assert_fast_paths_agree_bitwise(cls, kwargs, dtype):
+    pytest.importorskip("numba")
+    reference, *fast = fast_twins(cls, kwargs, dtype)
+    for run, name in zip(fast, ("foreach=True", "fused=True")):
+        for i, ((data, state), (ref_data, ref_state)) in enumerate(zip(run, reference)):
+            assert np.array_equal(data, ref_data), f"{name}: param {i} differs"
+            assert set(state) == set(ref_state), f"{name}: state keys of param {i}"
+            for k, v in ref_state.items():
+                assert np.array_equal(state[k], v), f"{name}: state[{i}][{k!r}] differs"
+
+
+# momentum, centered, weight_decay, maximize
+FAST_RMSPROP = list(itertools.product((0, 0.5), (False, True), (0, 0.1), (False, True)))
+# rho, weight_decay, maximize
+FAST_ADADELTA = list(itertools.product((0.9, 0.5), (0, 0.1), (False, True)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("options", FAST_RMSPROP)
+def test_rmsprop_fast_paths_agree_bitwise_with_the_reference(dtype, options):
+    momentum, centered, weight_decay, maximize = options
+    assert_fast_paths_agree_bitwise(RMSprop, dict(lr=0.01, momentum=momentum, centered=centered,
+                                                  weight_decay=weight_decay, maximize=maximize), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("options", FAST_ADADELTA)
+def test_adadelta_fast_paths_agree_bitwise_with_the_reference(dtype, options):
+    rho, weight_decay, maximize = options
+    assert_fast_paths_agree_bitwise(Adadelta, dict(lr=0.5, rho=rho, weight_decay=weight_decay,
+                                                   maximize=maximize), dtype)

@@ -11,10 +11,13 @@ __all__ = ['ELEMENTWISE']
 from ..optim.optimizer import register_fast_step
 from .flat import step_group
 from ..optim.sgd import SGD
+from ..optim.adagrad import Adagrad
+from ..optim.rmsprop import RMSprop
+from ..optim.adadelta import Adadelta
 from ..optim.adam import Adam
 from ..optim.adamax import Adamax
 from ..optim.nadam import NAdam
 from ..optim.radam import RAdam
 
-ELEMENTWISE = (SGD, Adam, Adamax, NAdam, RAdam,)   # subclasses (AdamW, GD, the aliases) inherit the registration
+ELEMENTWISE = (SGD, Adagrad, RMSprop, Adadelta, Adam, Adamax, NAdam, RAdam,)   # subclasses (AdamW, GD, the aliases) inherit the registration
 for _cls in ELEMENTWISE: register_fast_step(_cls, step_group)

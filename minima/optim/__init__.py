@@ -15,7 +15,8 @@ __all__ = ['Optimizer', 'SGD', 'GD', 'Adagrad', 'AdaGrad', 'RMSprop', 'RMSProp',
 from .optimizer import Optimizer
 from .sgd import SGD, GD
 from .adagrad import Adagrad, AdaGrad
-from .rmsprop import RMSprop, RMSProp, Adadelta
+from .rmsprop import RMSprop, RMSProp
+from .adadelta import Adadelta
 from .adam import Adam
 from .adamw import AdamW
 from .adamax import Adamax

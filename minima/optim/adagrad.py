@@ -4,67 +4,88 @@
 
 # %% ../../nbs/05_adagrad.ipynb #4752cb1f
 from __future__ import annotations
+from collections import namedtuple
 import numpy as np
-from .optimizer import Optimizer, validate_lr, validate_weight_decay, validate_eps, params_with_grad
-from .flat import step_group, temporaries
+from .optimizer import Optimizer, elementwise
+from .optimizer import (validate_eps, validate_fused, validate_lr,
+                                    validate_weight_decay)
 
 # %% auto #0
-__all__ = ['AdaGrad', 'adagrad', 'Adagrad']
+__all__ = ['AdagradConstants', 'AdaGrad', 'adagrad_constants', 'adagrad_rule', 'adagrad', 'Adagrad']
 
 # %% ../../nbs/05_adagrad.ipynb #d6321e53
+AdagradConstants = namedtuple('AdagradConstants',
+                              ['maximize', 'l2', 'weight_decay', 'eps', 'clr'])
+
+def adagrad_constants(step_t:np.ndarray, # 0-d step counter, incremented in place
+                      *, lr:float, weight_decay:float, lr_decay:float,
+                      eps:float, maximize:bool, # as `adagrad`
+                     ) -> AdagradConstants:
+    "Advance the step counter; this step's learning rate `clr` lives here only."
+    step_t += 1
+    step = float(step_t)
+    clr = lr / (1 + (step - 1) * lr_decay)
+    return AdagradConstants(maximize, weight_decay != 0, weight_decay, eps, clr)
+
+# %% ../../nbs/05_adagrad.ipynb #04f9947b
+def adagrad_rule(c, param, grad, state_sum):
+    "One AdaGrad step on numbers or arrays, in PyTorch's order of operations."
+    if c.maximize: grad = -grad
+    if c.l2: grad = grad + param * c.weight_decay
+    state_sum += grad * grad
+    std = np.sqrt(state_sum) + c.eps
+    param -= c.clr * grad / std
+    return param, state_sum
+
 def adagrad(params:list, # parameter arrays, updated in place
             grads:list, # their gradients (never modified)
-            state_sums:list, # running sums of squared gradients, updated in place
+            state_sums:list, # sums of squared gradients, updated in place
             state_steps:list, # 0-d float64 step counters, incremented in place
             *,
             lr:float, # learning rate
             weight_decay:float, # L2 penalty added to the gradient
-            lr_decay:float, # the learning rate at step t is lr / (1 + (t-1)*lr_decay)
+            lr_decay:float, # step t uses lr / (1 + (t-1)*lr_decay)
             eps:float, # added to the square root of the sum
             maximize:bool, # ascend instead of descend
-            scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
+            apply=elementwise, # how the rule meets the arrays (chapter 3)
            ):
-    "One AdaGrad step on every array of `params`."
-    for param, grad, state_sum, step_t in zip(params, grads, state_sums, state_steps, strict=True):
-        d, t = temporaries(scratch, param, 2)
-        step_t += 1
-        step = float(step_t)
-        if maximize: grad = np.negative(grad, out=d)
-        if weight_decay != 0: grad = np.add(grad, np.multiply(param, weight_decay, out=t), out=d)
-        clr = lr / (1 + (step - 1) * lr_decay)
-        state_sum += np.multiply(grad, grad, out=t)
-        std = np.sqrt(state_sum, out=t)
-        std += eps
-        param -= np.multiply(np.divide(grad, std, out=t), clr, out=t)
+    "AdaGrad on lists of arrays, as `torch.optim.adagrad.adagrad`."
+    for i, param in enumerate(params):
+        c = adagrad_constants(state_steps[i], lr=lr, weight_decay=weight_decay,
+                              lr_decay=lr_decay, eps=eps, maximize=maximize)
+        apply(adagrad_rule, c, param, grads[i], state_sums[i])
 
 # %% ../../nbs/05_adagrad.ipynb #2a64fd31
 class Adagrad(Optimizer):
-    "AdaGrad: each coordinate's step is divided by the root of its running sum of squared gradients."
+    "AdaGrad: each coordinate's step is divided by the root of its sum of squares."
     def __init__(self,
-                 params, # an iterable of parameters, or of dicts defining parameter groups
+                 params, # iterable of parameters or of dicts defining groups
                  lr:float=1e-2, # learning rate
-                 lr_decay:float=0, # the learning rate at step t is lr / (1 + (t-1)*lr_decay)
+                 lr_decay:float=0, # step t uses lr / (1 + (t-1)*lr_decay)
                  weight_decay:float=0, # L2 penalty added to the gradient
-                 initial_accumulator_value:float=0, # starting value of every sum of squared gradients
+                 initial_accumulator_value:float=0, # start of every sum of squares
                  eps:float=1e-10, # added to the square root of the sum
-                 foreach:bool|None=None, # flat fast path: None for large groups, True always, False never (chapter 14)
+                 foreach:bool|None=None, # flat buffers: None (large groups), True, False
                  *,
                  maximize:bool=False, # ascend instead of descend
+                 fused:bool|None=None, # a compiled loop per buffer or tensor (numba)
                 ):
         validate_lr(lr)
         if not 0.0 <= lr_decay: raise ValueError(f"Invalid lr_decay value: {lr_decay}")
         validate_weight_decay(weight_decay)
-        if not 0.0 <= initial_accumulator_value:
-            raise ValueError(f"Invalid initial_accumulator_value value: {initial_accumulator_value}")
+        init = initial_accumulator_value
+        if not 0.0 <= init: raise ValueError(f"Invalid initial_accumulator_value value: {init}")
         validate_eps(eps)
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
-                        initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize)
+                        initial_accumulator_value=init, foreach=foreach,
+                        maximize=maximize, fused=fused)
         super().__init__(params, defaults)
+        validate_fused(foreach, fused)
         for group in self.param_groups:  # eager state, as PyTorch's Adagrad
-            for p in group['params']: self._init_state(p, initial_accumulator_value)
+            for p in group['params']: self._init_state(p, init)
 
     def _init_state(self, p, initial_accumulator_value):
-        "Give `p` a step counter at 0 and a sum of squares filled with `initial_accumulator_value`, unless it has state."
+        "Unless `p` has state: a step counter at 0, a sum filled with the value."
         state = self.state[p]
         if len(state) == 0:
             state['step'] = np.zeros((), np.float64)
@@ -75,21 +96,15 @@ class Adagrad(Optimizer):
         return ('sum',)
 
     def _group_state(self, p, group):
-        "The state of `p`; parameters added later (add_param_group) get theirs here, from the defaults."
+        "The state of `p`; parameters added later get theirs here, from the defaults."
         self._init_state(p, self.defaults['initial_accumulator_value'])
         return self.state[p]
 
-    def _update(self, group, params, grads, states, scratch=None):
-        "Call `adagrad` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
+    def _update(self, group, params, grads, states, apply=elementwise):
+        "Call `adagrad` on a whole group, or on pieces of its flat buffer."
         adagrad(params, grads, [s['sum'] for s in states], [s['step'] for s in states],
-                lr=float(group['lr']), weight_decay=float(group['weight_decay']), lr_decay=float(group['lr_decay']),
-                eps=float(group['eps']), maximize=bool(group['maximize']), scratch=scratch)
-
-    def step(self, closure=None):
-        "Update every parameter that has a gradient; `closure` re-evaluates the model and returns the loss."
-        loss = None
-        if closure is not None: loss = closure()
-        for group in self.param_groups: step_group(self, group)   # flat buffers or per tensor (chapter 14)
-        return loss
+                lr=group['lr'], weight_decay=group['weight_decay'],
+                lr_decay=group['lr_decay'], eps=group['eps'],
+                maximize=group['maximize'], apply=apply)
 
 AdaGrad = Adagrad  # the name used in the paper and many tutorials

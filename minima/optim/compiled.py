@@ -296,7 +296,8 @@ def compile_updates() -> dict:
         raise ImportError("the 'numba' backend needs numba: pip install 'minima-optim[fast]' (or pip install numba)") from None
     from minima.optim.sgd import SGD
     from minima.optim.adagrad import Adagrad
-    from minima.optim.rmsprop import RMSprop, Adadelta
+    from minima.optim.rmsprop import RMSprop
+    from minima.optim.adadelta import Adadelta
     from minima.optim.adam import Adam
     from minima.optim.adamax import Adamax
     from minima.optim.nadam import NAdam

@@ -4,20 +4,54 @@
 
 # %% ../../nbs/06_rmsprop.ipynb #da4e2a4e
 from __future__ import annotations
+from collections import namedtuple
 import numpy as np
-from .flat import step_group, temporaries
-from .optimizer import (Optimizer, validate_lr, validate_momentum, validate_weight_decay, validate_eps,
-                                    params_with_grad)
+from .optimizer import Optimizer, elementwise, lerp
+from .optimizer import (validate_eps, validate_fused, validate_lr,
+                                    validate_momentum, validate_weight_decay)
 
 # %% auto #0
-__all__ = ['RMSProp', 'rmsprop', 'RMSprop', 'adadelta', 'Adadelta']
+__all__ = ['RMSpropConstants', 'RMSProp', 'rmsprop_constants', 'rmsprop_rule', 'rmsprop', 'RMSprop']
 
 # %% ../../nbs/06_rmsprop.ipynb #2dca424a
+RMSpropConstants = namedtuple('RMSpropConstants', [
+    'maximize', 'l2', 'weight_decay', 'alpha', 'one_minus_alpha', 'centered', 'eps',
+    'momentum_on', 'momentum', 'lr'])
+
+def rmsprop_constants(step_t:np.ndarray, # 0-d step counter, incremented in place
+                      *, lr:float, alpha:float, eps:float, weight_decay:float,
+                      momentum:float, centered:bool, maximize:bool, # as `rmsprop`
+                     ) -> RMSpropConstants:
+    "Advance the step counter and gather this step's constants and flags."
+    step_t += 1
+    return RMSpropConstants(maximize, weight_decay != 0, weight_decay, alpha,
+                            1 - alpha, centered, eps, momentum > 0, momentum, lr)
+
+# %% ../../nbs/06_rmsprop.ipynb #dc9d46e1
+def rmsprop_rule(c, param, grad, square_avg, grad_avg, momentum_buffer):
+    "One RMSprop step on numbers or arrays, in PyTorch's order of operations."
+    if c.maximize: grad = -grad
+    if c.l2: grad = grad + param * c.weight_decay
+    square_avg *= c.alpha
+    square_avg += grad * c.one_minus_alpha * grad
+    if c.centered:
+        grad_avg = lerp(grad_avg, grad, c.one_minus_alpha, c.alpha)
+        avg = np.sqrt(square_avg - grad_avg * grad_avg) + c.eps
+    else:
+        avg = np.sqrt(square_avg) + c.eps
+    if c.momentum_on:
+        momentum_buffer *= c.momentum
+        momentum_buffer += grad / avg
+        param -= c.lr * momentum_buffer
+    else:
+        param -= c.lr * grad / avg
+    return param, square_avg, grad_avg, momentum_buffer
+
 def rmsprop(params:list, # parameter arrays, updated in place
             grads:list, # their gradients (never modified)
-            square_avgs:list, # leaky averages of squared gradients, updated in place
-            grad_avgs:list, # leaky averages of gradients (used when `centered`), updated in place
-            momentum_buffer_list:list, # momentum buffers (used when `momentum > 0`), updated in place
+            square_avgs:list, # averages of squared gradients, updated in place
+            grad_avgs:list, # averages of gradients (read only when `centered`)
+            momentum_buffer_list:list, # buffers (read only when `momentum > 0`)
             state_steps:list, # 0-d float64 step counters, incremented in place
             *,
             lr:float, # learning rate
@@ -25,149 +59,60 @@ def rmsprop(params:list, # parameter arrays, updated in place
             eps:float, # added to the square root of the average
             weight_decay:float, # L2 penalty added to the gradient
             momentum:float, # momentum of the scaled steps
-            centered:bool, # divide by the root of the variance instead of the second moment
+            centered:bool, # divide by the root of the variance instead
             maximize:bool, # ascend instead of descend
-            scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
+            apply=elementwise, # how the rule meets the arrays (chapter 3)
            ):
-    "One RMSprop step on every array of `params`."
+    "RMSprop on lists of arrays, as `torch.optim.rmsprop.rmsprop`."
     for i, param in enumerate(params):
-        grad, square_avg = grads[i], square_avgs[i]
-        d, t = temporaries(scratch, param, 2)
-        if maximize: grad = np.negative(grad, out=d)
-        state_steps[i] += 1
-        if weight_decay != 0: grad = np.add(grad, np.multiply(param, weight_decay, out=t), out=d)
-        square_avg *= alpha
-        square_avg += np.multiply(np.multiply(grad, 1 - alpha, out=t), grad, out=t)
-        if centered:
-            grad_avg = grad_avgs[i]
-            grad_avg += np.multiply(np.subtract(grad, grad_avg, out=t), 1 - alpha, out=t)
-            avg = np.sqrt(np.subtract(square_avg, np.multiply(grad_avg, grad_avg, out=t), out=t), out=t)
-        else:
-            avg = np.sqrt(square_avg, out=t)
-        avg += eps
-        if momentum > 0:
-            buf = momentum_buffer_list[i]
-            buf *= momentum
-            buf += np.divide(grad, avg, out=t)
-            param -= np.multiply(buf, lr, out=t)
-        else:
-            param -= np.multiply(np.divide(grad, avg, out=t), lr, out=t)
+        c = rmsprop_constants(state_steps[i], lr=lr, alpha=alpha, eps=eps,
+                              weight_decay=weight_decay, momentum=momentum,
+                              centered=centered, maximize=maximize)
+        grad_avg = grad_avgs[i] if centered else None
+        momentum_buffer = momentum_buffer_list[i] if momentum > 0 else None
+        apply(rmsprop_rule, c, param, grads[i], square_avgs[i], grad_avg,
+              momentum_buffer)
 
 # %% ../../nbs/06_rmsprop.ipynb #4c280610
 class RMSprop(Optimizer):
-    "RMSprop: each coordinate's step is divided by the root of a leaky average of its squared gradients."
+    "RMSprop: each step is divided by the root of a leaky average of squares."
     def __init__(self,
-                 params, # an iterable of parameters, or of dicts defining parameter groups
+                 params, # iterable of parameters or of dicts defining groups
                  lr:float=1e-2, # learning rate
-                 alpha:float=0.99, # decay of the leaky averages (weight 1 - alpha on the newest square)
+                 alpha:float=0.99, # decay of the averages (1 - alpha: newest square)
                  eps:float=1e-8, # added to the square root of the average
                  weight_decay:float=0, # L2 penalty added to the gradient
                  momentum:float=0, # momentum of the scaled steps
-                 centered:bool=False, # divide by the root of the variance instead of the second moment
+                 centered:bool=False, # divide by the root of the variance instead
                  *,
                  maximize:bool=False, # ascend instead of descend
-                 foreach:bool|None=None, # flat fast path: None for large groups, True always, False never (chapter 14)
+                 foreach:bool|None=None, # flat buffers: None (large groups), True, False
+                 fused:bool|None=None, # a compiled loop per buffer or tensor (numba)
                 ):
         validate_lr(lr)
         validate_eps(eps)
         validate_momentum(momentum)
         validate_weight_decay(weight_decay)
         if not 0.0 <= alpha: raise ValueError(f"Invalid alpha value: {alpha}")
-        defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
-                        weight_decay=weight_decay, foreach=foreach, maximize=maximize)
+        defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps,
+                        centered=centered, weight_decay=weight_decay,
+                        foreach=foreach, maximize=maximize, fused=fused)
         super().__init__(params, defaults)
+        validate_fused(foreach, fused)
 
     def _state_keys(self, group):
         "The state arrays shaped like a parameter, as `group` needs them."
-        return (('square_avg',) + (('momentum_buffer',) if group['momentum'] > 0 else ())
-                + (('grad_avg',) if group['centered'] else ()))
+        momentum = ('momentum_buffer',) if group['momentum'] > 0 else ()
+        return ('square_avg',) + momentum + (('grad_avg',) if group['centered'] else ())
 
-    def _update(self, group, params, grads, states, scratch=None):
-        "Call `rmsprop` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
+    def _update(self, group, params, grads, states, apply=elementwise):
+        "Call `rmsprop` on a whole group, or on pieces of its flat buffer."
         rmsprop(params, grads, [s['square_avg'] for s in states],
                 [s['grad_avg'] for s in states] if group['centered'] else [],
                 [s['momentum_buffer'] for s in states] if group['momentum'] > 0 else [],
                 [s['step'] for s in states],
-                lr=float(group['lr']), alpha=float(group['alpha']), eps=float(group['eps']),
-                weight_decay=float(group['weight_decay']), momentum=float(group['momentum']),
-                centered=bool(group['centered']), maximize=bool(group['maximize']), scratch=scratch)
-
-    def step(self, closure=None):
-        "Update every parameter that has a gradient; `closure` re-evaluates the model and returns the loss."
-        loss = None
-        if closure is not None: loss = closure()
-        for group in self.param_groups: step_group(self, group)   # flat buffers or per tensor (chapter 14)
-        return loss
+                lr=group['lr'], alpha=group['alpha'], eps=group['eps'],
+                weight_decay=group['weight_decay'], momentum=group['momentum'],
+                centered=group['centered'], maximize=group['maximize'], apply=apply)
 
 RMSProp = RMSprop  # the spelling of many tutorials
-
-# %% ../../nbs/06_rmsprop.ipynb #1dd10663
-def adadelta(params:list, # parameter arrays, updated in place
-             grads:list, # their gradients (never modified)
-             square_avgs:list, # leaky averages of squared gradients, updated in place
-             acc_deltas:list, # leaky averages of squared updates, updated in place
-             state_steps:list, # 0-d float64 step counters, incremented in place
-             *,
-             lr:float, # multiplies the update (1.0 is the paper's rule)
-             rho:float, # decay of both leaky averages
-             eps:float, # added inside both square roots
-             weight_decay:float, # L2 penalty added to the gradient
-             maximize:bool, # ascend instead of descend
-             scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
-            ):
-    "One Adadelta step on every array of `params`."
-    for param, grad, square_avg, acc_delta, step in zip(params, grads, square_avgs, acc_deltas, state_steps, strict=True):
-        d, t, u = temporaries(scratch, param, 3)
-        step += 1
-        if maximize: grad = np.negative(grad, out=d)
-        if weight_decay != 0: grad = np.add(grad, np.multiply(param, weight_decay, out=t), out=d)
-        square_avg *= rho
-        square_avg += np.multiply(np.multiply(grad, 1 - rho, out=t), grad, out=t)
-        std = np.sqrt(np.add(square_avg, eps, out=t), out=t)
-        delta = np.sqrt(np.add(acc_delta, eps, out=u), out=u)
-        delta /= std
-        delta *= grad
-        acc_delta *= rho
-        acc_delta += np.multiply(np.multiply(delta, 1 - rho, out=t), delta, out=t)
-        param -= np.multiply(delta, lr, out=t)
-
-# %% ../../nbs/06_rmsprop.ipynb #caef5ec0
-class Adadelta(Optimizer):
-    "Adadelta: RMSprop's leaky average of squared gradients, with the step scaled by the RMS of past updates."
-    def __init__(self,
-                 params, # an iterable of parameters, or of dicts defining parameter groups
-                 lr:float=1.0, # multiplies the update (1.0 is the paper's rule)
-                 rho:float=0.9, # decay of both leaky averages
-                 eps:float=1e-6, # added inside both square roots
-                 weight_decay:float=0, # L2 penalty added to the gradient
-                 foreach:bool|None=None, # flat fast path: None for large groups, True always, False never (chapter 14)
-                 *,
-                 maximize:bool=False, # ascend instead of descend
-                ):
-        validate_lr(lr)
-        if not 0.0 <= rho <= 1.0: raise ValueError(f"Invalid rho value: {rho}")
-        validate_eps(eps)
-        validate_weight_decay(weight_decay)
-        defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize, foreach=foreach)
-        super().__init__(params, defaults)
-
-    def _state_keys(self, group):
-        "The state arrays shaped like a parameter."
-        return ('square_avg', 'acc_delta')
-
-    def _temporaries(self, group):
-        "Three: the kernel's intermediate results."
-        return 3
-
-    def _update(self, group, params, grads, states, scratch=None):
-        "Call `adadelta` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
-        adadelta(params, grads, [s['square_avg'] for s in states], [s['acc_delta'] for s in states],
-                 [s['step'] for s in states], lr=float(group['lr']), rho=float(group['rho']), eps=float(group['eps']),
-                 weight_decay=float(group['weight_decay']), maximize=bool(group['maximize']), scratch=scratch)
-
-    def step(self, closure=None):
-        "Update every parameter that has a gradient; `closure` re-evaluates the model and returns the loss."
-        loss = None
-        if closure is not None: loss = closure()
-        for group in self.param_groups: step_group(self, group)   # flat buffers or per tensor (chapter 14)
-        return loss
