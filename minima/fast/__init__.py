@@ -10,6 +10,8 @@ __all__ = ['ELEMENTWISE']
 from ..optim.optimizer import register_fast_step
 from .flat import step_group
 from ..optim.adam import Adam
+from ..optim.rprop import Rprop
+from ..optim.asgd import ASGD
 
-ELEMENTWISE = (Adam,)   # AdamW inherits Adam's registration
+ELEMENTWISE = (Adam, Rprop, ASGD)   # AdamW inherits Adam's registration
 for _cls in ELEMENTWISE: register_fast_step(_cls, step_group)

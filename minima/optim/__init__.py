@@ -19,7 +19,9 @@ from .rmsprop import RMSprop, RMSProp, Adadelta
 from .adam import Adam
 from .adamw import AdamW
 from .adam_variants import Adamax, NAdam, RAdam
-from .beyond import LBFGS, Rprop, ASGD
+from .lbfgs import LBFGS
+from .rprop import Rprop
+from .asgd import ASGD
 from . import lr_scheduler
 from . import flat
 from ..nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm

@@ -299,7 +299,8 @@ def compile_updates() -> dict:
     from minima.optim.rmsprop import RMSprop, Adadelta
     from minima.optim.adam import Adam
     from minima.optim.adam_variants import Adamax, NAdam, RAdam
-    from minima.optim.beyond import Rprop, ASGD
+    from minima.optim.rprop import Rprop
+    from minima.optim.asgd import ASGD
     jit = numba.njit(cache=True, error_model='numpy')   # no division-by-zero branch: the loops vectorize
     pairs = [(SGD, _sgd_update, _sgd_loop), (Adagrad, _adagrad_update, _adagrad_loop),
              (RMSprop, _rmsprop_update, _rmsprop_loop), (Adadelta, _adadelta_update, _adadelta_loop),
