@@ -14,7 +14,7 @@ chaotic and are compared over every step.
 import numpy as np
 import pytest
 from parity import Param
-from minima.optim.beyond import LBFGS
+from minima.optim.lbfgs import LBFGS
 
 RTOL = 1e-10
 # The history holds gradient differences (y = g_k+1 - g_k), which lose digits to cancellation.

@@ -1,8 +1,12 @@
-"Rprop and ASGD against torch.optim.Rprop / torch.optim.ASGD: every option, both dtypes, groups, state_dict round trips."
+"""Rprop and ASGD against torch.optim.Rprop / torch.optim.ASGD: every option, both dtypes, groups, state_dict
+round trips, NaN and zero gradients; and the fast paths (foreach=True, fused=True) bitwise against the reference."""
+import inspect, itertools
 import numpy as np
 import pytest
-from parity import run_parity, run_state_dict_roundtrip, check_state_dict_matches_torch, Param
-from minima.optim.beyond import Rprop, ASGD, rprop, asgd
+from parity import (run_parity, run_state_dict_roundtrip, check_state_dict_matches_torch, Param,
+                    expected_group_keys)
+from minima.optim.rprop import Rprop, rprop
+from minima.optim.asgd import ASGD, asgd
 
 DTYPES = (np.float32, np.float64)
 dtype_ids = lambda d: np.dtype(d).name
@@ -127,5 +131,83 @@ def test_group_keys_are_torchs(torch):
     for mine, theirs in ((Rprop, torch.optim.Rprop), (ASGD, torch.optim.ASGD)):
         m = mine([Param(np.zeros(2))]).state_dict()["param_groups"][0]
         t = theirs([torch.zeros(2, requires_grad=True)]).state_dict()["param_groups"][0]
-        assert set(m) == set(t) - {"capturable", "differentiable", "fused"}
-        assert all(m[k] == t[k] for k in m)
+        assert set(m) == expected_group_keys(m, t)
+        assert all(m[k] == t[k] for k in m if k != "fused")
+
+
+@pytest.mark.parametrize("mine_name", ["Rprop", "ASGD"])
+def test_signature_matches_torch(torch, mine_name):
+    "torch's arguments, names, kinds and defaults, without its own; `fused` keyword-only as minima's addition."
+    mine, ref = {"Rprop": Rprop, "ASGD": ASGD}[mine_name], getattr(torch.optim, mine_name)
+    expected = [(p.name, p.kind, p.default) for p in inspect.signature(ref).parameters.values()
+                if p.name not in ("capturable", "differentiable")]
+    params = inspect.signature(mine).parameters.values()
+    assert [(p.name, p.kind, p.default) for p in params if p.name != "fused"] == expected
+    fused = inspect.signature(mine).parameters["fused"]
+    assert fused.kind == inspect.Parameter.KEYWORD_ONLY and fused.default is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+def test_rprop_nan_zero_and_underflow_as_torch(torch, dtype):
+    "Torch's sign is 0 for NaN: a NaN gradient or `prev` keeps the step size and leaves the parameter where it is."
+    x = np.array([1.0, -2.0, 3.0, 0.5, -1.0, 2.0, 4.0], dtype)
+    grads = [[1.0, -1.0, 0.0, np.nan, 1.0, 1.0, 1e-30],     # 1e-30 * 1e-30 underflows in float32
+             [-1.0, -1.0, 1.0, 1.0, np.nan, 0.0, 1e-30],
+             [1.0, 2.0, -3.0, 1.0, 1.0, 1.0, -1.0],
+             [-1.0, 2.0, -3.0, -1.0, 1.0, -1.0, -1.0]]
+    for maximize in (False, True):
+        p, tp = Param(x.copy()), torch.tensor(x.copy(), requires_grad=True)
+        opt = Rprop([p], lr=0.1, maximize=maximize, foreach=False)
+        topt = torch.optim.Rprop([tp], lr=0.1, maximize=maximize, foreach=False)
+        for g in grads:
+            g = np.array(g, dtype)
+            p.grad, tp.grad = g.copy(), torch.from_numpy(g.copy())
+            opt.step(); topt.step()
+            for mine, ref in ((p.data, tp.detach()), (opt.state[p]["prev"], topt.state[tp]["prev"]),
+                              (opt.state[p]["step_size"], topt.state[tp]["step_size"])):
+                assert np.array_equal(mine, ref.numpy(), equal_nan=True), (mine, ref)
+
+
+# The fast paths run the same rule: flat buffers in pieces (foreach=True) and compiled loops (fused=True) must
+# give the reference's numbers bit for bit, parameters and state, on every option.
+def grid(**options):
+    return [dict(zip(options, values)) for values in itertools.product(*options.values())]
+
+FAST_OPTIONS = {
+    Rprop: grid(lr=[0.01], etas=[(0.5, 1.2), (0.3, 1.5)], step_sizes=[(1e-6, 50), (5e-3, 0.03)],
+                maximize=[False, True]),
+    ASGD: grid(lr=[0.01], lambd=[1e-4, 0.05], t0=[1e6, 10], weight_decay=[0.0, 0.1], maximize=[False, True]),
+}
+FAST_CASES = [(cls, kw) for cls, options in FAST_OPTIONS.items() for kw in options]
+MANY_SMALL = [(3, 4), (5,), (2, 3, 2), (1,), (4,), (6,), (7,), (2, 2), (9,)]   # fused: one flat buffer
+FEW_LARGE = [(300,), (20, 30)]                                                    # fused: in place, per tensor
+
+
+def run_fast(cls, kwargs, dtype, shapes, steps=25, **fast):
+    rng = np.random.default_rng(0)
+    params = [Param(rng.standard_normal(s).astype(dtype)) for s in shapes]
+    opt = cls(params, **kwargs, **fast)
+    for k in range(steps):
+        for i, p in enumerate(params):
+            g = (0.5 * p.data + rng.standard_normal(p.data.shape)).astype(dtype)
+            g.reshape(-1)[(k + i) % g.size] = 0   # exact zeros: Rprop's "otherwise" case
+            p.grad = g
+        opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize("shapes", [MANY_SMALL, FEW_LARGE], ids=["many-small", "few-large"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_ids)
+@pytest.mark.parametrize("cls, kwargs", FAST_CASES,
+                         ids=[f"{c.__name__}-" + ",".join(f"{k}={v}" for k, v in kw.items()) for c, kw in FAST_CASES])
+def test_fast_paths_are_bitwise_the_reference(cls, kwargs, dtype, shapes):
+    pytest.importorskip("numba")
+    ref_params, ref = run_fast(cls, kwargs, dtype, shapes, foreach=False)
+    for fast in (dict(foreach=True), dict(fused=True)):
+        params, opt = run_fast(cls, kwargs, dtype, shapes, **fast)
+        for i, (p, q) in enumerate(zip(params, ref_params)):
+            assert np.array_equal(p.data, q.data), (fast, i)
+            mine, theirs = opt.state[p], ref.state[q]
+            assert set(mine) == set(theirs)
+            for key in theirs:
+                assert mine[key].dtype == theirs[key].dtype and np.array_equal(mine[key], theirs[key]), (fast, i, key)

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['Optimizer', 'SGD', 'GD', 'Adagrad', 'AdaGrad', 'RMSprop', 'RMSProp', 'Adadelta', 'Adam', 'AdamW', 'Adamax', 'NAdam',
-           'RAdam', 'LBFGS', 'Rprop', 'ASGD', 'lr_scheduler', 'flat', 'clip_grad_norm_', 'clip_grad_value_',
+           'RAdam', 'LBFGS', 'Rprop', 'ASGD', 'lr_scheduler', 'clip_grad_norm_', 'clip_grad_value_',
            'clip_grads_with_norm_', 'get_total_norm']
 
 # %% ../../nbs/99_api.ipynb #7119efac
@@ -22,13 +22,14 @@ from .adamw import AdamW
 from .adamax import Adamax
 from .nadam import NAdam
 from .radam import RAdam
-from .beyond import LBFGS, Rprop, ASGD
+from .lbfgs import LBFGS
+from .rprop import Rprop
+from .asgd import ASGD
 from . import lr_scheduler
-from . import flat
 from ..nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
 # Last: the fast paths (chapter 14) import the optimizers and register themselves with them.
 import minima.fast
 
 _all_ = ['Optimizer', 'SGD', 'GD', 'Adagrad', 'AdaGrad', 'RMSprop', 'RMSProp', 'Adadelta', 'Adam', 'AdamW',
-         'Adamax', 'NAdam', 'RAdam', 'LBFGS', 'Rprop', 'ASGD', 'lr_scheduler', 'flat',
+         'Adamax', 'NAdam', 'RAdam', 'LBFGS', 'Rprop', 'ASGD', 'lr_scheduler',
          'clip_grad_norm_', 'clip_grad_value_', 'clip_grads_with_norm_', 'get_total_norm']

@@ -6,19 +6,18 @@
 from __future__ import annotations
 from collections import namedtuple
 import numpy as np
-from .optimizer import Optimizer, validate_lr, validate_weight_decay, params_with_grad
-from .flat import step_group, temporaries
+from .optimizer import Optimizer, validate_lr
 
 # %% auto #0
-__all__ = ['lbfgs_direction', 'cubic_interpolate', 'strong_wolfe', 'LBFGS', 'rprop', 'Rprop', 'asgd', 'ASGD']
+__all__ = ['lbfgs_direction', 'cubic_interpolate', 'strong_wolfe', 'LBFGS']
 
 # %% ../../nbs/12_beyond.ipynb #714c55f1
 def lbfgs_direction(flat_grad:np.ndarray, # $g_k$: the gradient of all parameters as one flat vector
                     old_dirs:list, # $y_i = g_{i+1} - g_i$, oldest first (PyTorch's state name)
                     old_stps:list, # $s_i = x_{i+1} - x_i$, oldest first
-                    ro:list, # $\rho_i = 1 / y_i^\top s_i$
+                    ro:list, # $\rho_i = 1 / (y_i \cdot s_i)$
                     H_diag, # $\gamma$: the initial inverse Hessian is $\gamma I$
-                    al:list, # scratch list for the $\alpha_i$, written in place (state `'al'`)
+                    al:list, # the $\alpha_i$, written in place (PyTorch's state `'al'`)
                    ) -> np.ndarray:
     "The L-BFGS search direction $-H_k g_k$ by the two-loop recursion."
     q = -flat_grad
@@ -95,7 +94,7 @@ def strong_wolfe(obj_func, # `obj_func(t) -> (loss, flat_grad)` at $x + t\,d$
                  d:np.ndarray, # search direction $d$ (flat)
                  f:float, # loss at $t = 0$
                  g:np.ndarray, # flat gradient at $t = 0$
-                 gtd:float, # slope at $t = 0$: $g^\top d < 0$
+                 gtd:float, # slope at $t = 0$: $g \cdot d < 0$
                  c1:float=1e-4, # sufficient decrease (Armijo) constant
                  c2:float=0.9, # curvature constant
                  tolerance_change:float=1e-9, # stop when the interval is this short (times $\max|d|$)
@@ -236,164 +235,3 @@ class LBFGS(Optimizer):
         state.update(d=d, t=t, old_dirs=old_dirs, old_stps=old_stps, ro=ro, H_diag=H_diag,
                      prev_flat_grad=prev_flat_grad, prev_loss=prev_loss)
         return orig_loss
-
-# %% ../../nbs/12_beyond.ipynb #540ca23b
-def rprop(params:list, # parameter arrays, updated in place
-          grads:list, # their gradients (not modified)
-          prevs:list, # the gradient used last step, zero where its sign flipped (state `'prev'`)
-          step_sizes:list, # per-coordinate step sizes $\eta$ (state `'step_size'`)
-          state_steps:list, # 0-d float64 step counters, incremented in place
-          *,
-          step_size_min:float, # $\Gamma_{min}$, `step_sizes[0]`
-          step_size_max:float, # $\Gamma_{max}$, `step_sizes[1]`
-          etaminus:float, # $\eta_-$, `etas[0]`: shrink factor after a sign flip
-          etaplus:float, # $\eta_+$, `etas[1]`: growth factor while the sign holds
-          maximize:bool, # ascend instead of descend
-          scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
-         ):
-    "Rprop: move each coordinate by its own step size against the gradient's sign; grow or shrink the step by the sign agreement."
-    for param, grad, prev, step_size, step in zip(params, grads, prevs, step_sizes, state_steps):
-        d, t, u = temporaries(scratch, param, 3)
-        # three boolean masks in the bytes of one temporary (a float has at least 4 bytes): no allocation
-        flipped, grew, kept = (u.reshape(-1).view(np.bool_)[k * param.size:(k + 1) * param.size].reshape(param.shape)
-                               for k in range(3))
-        step += 1
-        factor = np.sign(np.multiply(np.negative(grad, out=d) if maximize else grad, prev, out=t), out=t)
-        np.less(factor, 0, out=flipped); np.greater(factor, 0, out=grew); np.equal(factor, 0, out=kept)  # NaN: in none, stays NaN
-        np.copyto(factor, etaplus, where=grew); np.copyto(factor, etaminus, where=flipped); np.copyto(factor, 1, where=kept)
-        step_size *= factor
-        np.clip(step_size, step_size_min, step_size_max, out=step_size)
-        grad = np.multiply(grad, -1 if maximize else 1, out=d)
-        np.copyto(grad, 0, where=flipped)   # after a flip: no move now, and no flip test next step
-        param -= np.multiply(np.sign(grad, out=t), step_size, out=t)
-        prev[...] = grad
-
-# %% ../../nbs/12_beyond.ipynb #6a9638f8
-class Rprop(Optimizer):
-    "Resilient backpropagation: sign-based steps with per-coordinate adaptive step sizes (full-batch)."
-    def __init__(self, params, # an iterable of parameters or of parameter groups
-                 lr:float=1e-2, # initial step size of every coordinate
-                 etas:tuple=(0.5, 1.2), # `(etaminus, etaplus)`: factors after a sign flip / a kept sign
-                 step_sizes:tuple=(1e-6, 50), # `(min, max)` allowed step size
-                 *,
-                 maximize:bool=False, # ascend instead of descend
-                 foreach:bool|None=None, # flat fast path: None for large groups, True always, False never (chapter 14)
-                ):
-        validate_lr(lr)
-        if not 0.0 < etas[0] < 1.0 < etas[1]: raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
-        super().__init__(params, dict(lr=lr, etas=etas, step_sizes=step_sizes, foreach=foreach, maximize=maximize))
-
-    def _state_keys(self, group):
-        "The state arrays shaped like a parameter."
-        return ("prev", "step_size")
-
-    def _temporaries(self, group):
-        "Three: the kernel keeps its boolean masks in the third."
-        return 3
-
-    def _group_state(self, p, group):
-        "The state of `p`, created at its first step."
-        state = self.state[p]
-        if not state:
-            state["step"] = np.zeros((), np.float64)
-            state["prev"] = np.zeros_like(p.data)
-            state["step_size"] = np.full_like(p.grad, group["lr"])
-        return state
-
-    def _update(self, group, params, grads, states, scratch=None):
-        "Call `rprop` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
-        (etaminus, etaplus), (step_size_min, step_size_max) = group["etas"], group["step_sizes"]
-        rprop(params, grads, [s["prev"] for s in states], [s["step_size"] for s in states],
-              [s["step"] for s in states], step_size_min=step_size_min, step_size_max=step_size_max,
-              etaminus=etaminus, etaplus=etaplus, maximize=group["maximize"], scratch=scratch)
-
-    def step(self, closure=None):
-        "Update the parameters once; `closure`, if given, re-evaluates the loss first and its value is returned."
-        loss = None
-        if closure is not None: loss = closure()
-        for group in self.param_groups: step_group(self, group)   # flat buffers or per tensor (chapter 14)
-        return loss
-
-# %% ../../nbs/12_beyond.ipynb #08761c36
-def asgd(params:list, # parameter arrays, updated in place
-         grads:list, # their gradients (not modified)
-         axs:list, # running averages $\bar x$ of the iterates (state `'ax'`)
-         mus:list, # 0-d float32 averaging weights $\mu_t$ (state `'mu'`)
-         etas:list, # 0-d float32 step sizes $\eta_t$ (state `'eta'`)
-         state_steps:list, # 0-d float64 step counters, incremented in place
-         *,
-         lambd:float, # $\lambda$: decay term, also in the step-size schedule
-         lr:float, # $\gamma$: initial step size
-         t0:float, # step after which averaging starts
-         alpha:float, # power of the step-size decay
-         weight_decay:float, # L2 penalty added to the gradient
-         maximize:bool, # ascend instead of descend
-         scratch:np.ndarray|None=None, # memory reused for the temporaries (see `temporaries`)
-        ):
-    "ASGD: SGD with a decaying step size, plus a running average of the iterates from step `t0` on."
-    for param, grad, ax, mu, eta, step_t in zip(params, grads, axs, mus, etas, state_steps):
-        d, t = temporaries(scratch, param, 2)
-        if maximize: grad = np.negative(grad, out=d)
-        step_t += 1
-        if weight_decay != 0: grad = np.add(grad, np.multiply(param, weight_decay, out=t), out=d)
-        eta_value = float(eta)
-        param *= 1 - lambd * eta_value
-        param -= np.multiply(grad, eta_value, out=t)
-        if float(mu) != 1: ax += np.multiply(np.subtract(param, ax, out=t), mu, out=t)
-        else: ax[...] = param   # before t0 the "average" is just the last iterate
-        step = float(step_t)
-        eta[...] = lr / ((1 + lambd * lr * step) ** alpha)   # rounded to eta's float32, as in PyTorch
-        mu[...] = 1 / max(1, step - t0)
-
-# %% ../../nbs/12_beyond.ipynb #6ebd4f69
-class ASGD(Optimizer):
-    "Averaged SGD: SGD with a decaying step size that also keeps the average of its iterates in `state[p]['ax']`."
-    def __init__(self, params, # an iterable of parameters or of parameter groups
-                 lr:float=1e-2, # initial step size $\gamma$
-                 lambd:float=1e-4, # decay term $\lambda$
-                 alpha:float=0.75, # power of the step-size decay
-                 t0:float=1e6, # step after which averaging starts
-                 weight_decay:float=0, # L2 penalty
-                 *,
-                 maximize:bool=False, # ascend instead of descend
-                 foreach:bool|None=None, # flat fast path: None for large groups, True always, False never (chapter 14)
-                ):
-        validate_lr(lr)
-        validate_weight_decay(weight_decay)
-        super().__init__(params, dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay,
-                                      foreach=foreach, maximize=maximize))
-
-    def _state_keys(self, group):
-        "The state array shaped like a parameter (`step`, `eta` and `mu` are 0-d)."
-        return ("ax",)
-
-    def _group_state(self, p, group):
-        "The state of `p`, created at its first step."
-        state = self.state[p]
-        if not state:   # PyTorch keeps eta and mu as float32 scalars (its default dtype)
-            state["step"] = np.zeros((), np.float64)
-            state["eta"] = np.array(group["lr"], np.float32)
-            state["mu"] = np.ones((), np.float32)
-            state["ax"] = np.zeros_like(p.data)
-        return state
-
-    def _update(self, group, params, grads, states, scratch=None):
-        "Call `asgd` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
-        asgd(params, grads, [s["ax"] for s in states], [s["mu"] for s in states], [s["eta"] for s in states],
-             [s["step"] for s in states], lambd=group["lambd"], lr=group["lr"], t0=group["t0"],
-             alpha=group["alpha"], weight_decay=group["weight_decay"], maximize=group["maximize"], scratch=scratch)
-
-    def step(self, closure=None):
-        "Update the parameters once; `closure`, if given, re-evaluates the loss first and its value is returned."
-        loss = None
-        if closure is not None: loss = closure()
-        for group in self.param_groups: step_group(self, group)   # flat buffers or per tensor (chapter 14)
-        return loss
-
-    def load_state_dict(self, state_dict:dict # as returned by `state_dict()`
-                       ):
-        "Load a state dict; `eta` and `mu` stay float32 so a reloaded run continues exactly as an uninterrupted one."
-        super().load_state_dict(state_dict)
-        for state in self.state.values():
-            for key in ("eta", "mu"):
-                if key in state: state[key] = np.asarray(state[key], np.float32)
