@@ -1,9 +1,9 @@
 "Test functions: exact gradients (finite differences and torch autograd), minima, vectorisation, noise; viz helpers."
 import numpy as np
 import pytest
-from minima.functions import (Quadratic, NoisyQuadratic, paraboloid, stretched_paraboloid, rosenbrock, beale,
+from minima.book.objectives import (Quadratic, NoisyQuadratic, paraboloid, stretched_paraboloid, rosenbrock, beale,
                               himmelblau, noisy_quadratic, numerical_grad)
-from minima.viz import COLORS, color_for, trajectory, steps_to_reach
+from minima.book.pictures import COLORS, color_for, trajectory, steps_to_reach
 
 DETERMINISTIC = [paraboloid, stretched_paraboloid, rosenbrock, beale, himmelblau]
 ALL = DETERMINISTIC + [noisy_quadratic]
@@ -117,7 +117,7 @@ def test_plots_return_axes():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from minima.viz import plot_trajectories, plot_losses
+    from minima.book.pictures import plot_trajectories, plot_losses
     points, values = trajectory(lambda ps: __import__("minima.optim.sgd", fromlist=["GD"]).GD(ps, lr=0.1),
                                 rosenbrock, [-1.5, 2.0], 5)
     ax = plot_trajectories(rosenbrock, {"GD": points}, title="t")
@@ -129,6 +129,6 @@ def test_plots_return_axes():
 
 def test_minima_does_not_import_matplotlib_or_torch():
     import subprocess, sys
-    code = ("import sys, minima.functions, minima.viz, minima.optim; "
+    code = ("import sys, minima.book.objectives, minima.book.pictures, minima.optim; "
             "assert 'matplotlib' not in sys.modules and 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

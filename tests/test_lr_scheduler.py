@@ -490,7 +490,7 @@ def test_errors_leave_the_optimizer_untouched():
 def test_plot_schedule_draws_the_lr_each_step_uses():
     import matplotlib
     matplotlib.use("Agg")
-    from minima.viz import plot_schedule
+    from minima.book.pictures import plot_schedule
     ax = plot_schedule(lambda o: M.StepLR(o, step_size=10, gamma=0.5), 35, momentum=True)
     lr = ax.lines[0].get_ydata()
     assert len(lr) == 35 and lr[0] == 0.1 and lr[9] == 0.1 and lr[10] == 0.05 and lr[34] == pytest.approx(0.0125)
