@@ -3,13 +3,17 @@
     python bench/bench_optim.py            # the full table (a few minutes)
     python bench/bench_optim.py --quick    # fewer repetitions, smaller big model
 
-Variants: minima's per-tensor path (foreach=False), its flat path with gradients already in the flat buffer
-(backward accumulated into the views), the flat path with new gradient arrays every step (the copy into the
-buffer is timed), the numba backend when numba is installed; torch foreach=False, foreach=True and fused.
-Runs are interleaved (one step of each variant in turn) and the median is reported. Torch runs on one thread
-(torch.set_num_threads(1)); NumPy's elementwise ufuncs are single-threaded too. Bandwidth counts the bytes a step
-must move (read p, g and the state, write p and the state) and is compared with an in-place add measured in the
-same run.
+The main case gives every step NEW gradient arrays, as `zero_grad()` then a backward pass do: they are handed
+out before the clock starts, so whatever a variant does with them (minima's flat paths copy them into the flat
+buffer) is timed. Variants: minima `foreach=False` (the reference kernel per tensor), the default
+(`foreach=None`: flat buffers in pieces on these models), `fused=True` (compiled loops, when numba is
+installed), and, as a secondary line, `foreach=True` with the gradients accumulated into the flat buffer's
+views (what a backward pass after `zero_grad(set_to_none=False)` gives: nothing to copy); torch
+`foreach=False`, `foreach=True` and `fused=True`, on one thread (torch.set_num_threads(1)), with new gradient
+tensors every step too. NumPy's elementwise ufuncs and numba's loops are single-threaded as well.
+Runs are interleaved (one step of each variant in turn) and the median is reported. Bandwidth counts the bytes
+a step must move (read p, g and the state, write p and the state) and is compared with an in-place add measured
+in the same run. Two ratio columns: torch foreach=True's time and torch fused=True's time over the variant's.
 
 Memory, per variant on the big model: the rise of peak RSS during one step after the warm-up, each variant in a
 fresh interpreter (`--rss-child`, internal) with glibc's malloc thresholds fixed so that freed temporaries are
@@ -20,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from minima.optim import Adam, SGD          # noqa: E402
-from minima.optim import flat              # noqa: E402
+from minima.optim import Adam, AdamW        # noqa: E402  (importing minima.optim registers minima.fast)
+from minima.fast.flat import step_bytes     # noqa: E402
 
 DTYPE = np.float32
 MODELS = {  # name -> sizes of the parameter tensors
@@ -31,7 +35,7 @@ MODELS = {  # name -> sizes of the parameter tensors
 }
 OPTIMIZERS = {  # name -> (minima class, torch class name, keyword arguments)
     "Adam": (Adam, "Adam", dict(lr=1e-3)),
-    "SGD momentum": (SGD, "SGD", dict(lr=1e-3, momentum=0.9)),
+    "AdamW": (AdamW, "AdamW", dict(lr=1e-3)),
 }
 
 
@@ -40,41 +44,45 @@ class Param:
 
 
 def has_numba():
-    try: flat.set_backend("numba")
+    try: import numba  # noqa: F401
     except ImportError: return False
-    flat.set_backend("numpy")
     return True
 
 
-def minima_variant(cls, kwargs, sizes, foreach, backend="numpy", new_grads=False, seed=0):
-    "A `step()` closure over a fresh minima model; `new_grads` gives every step gradient arrays it has not seen."
+def gradient_sets(sizes, seed=1):
+    "Two sets of gradient arrays, alternated as each step's new gradients; shared by all variants (read only)."
+    rng = np.random.default_rng(seed)
+    return [[rng.standard_normal(n).astype(DTYPE) for n in sizes] for _ in range(2)]
+
+
+def fresh_grads(params, grad_sets, wrap=lambda g: g):
+    "`prepare()`: give `params` the other set of gradients, new arrays that are no view of a flat buffer."
+    count = [0]
+    def prepare():
+        count[0] += 1
+        for p, g in zip(params, grad_sets[count[0] % 2]): p.grad = wrap(g)
+    return prepare
+
+
+def minima_variant(cls, kwargs, sizes, grad_sets, accumulate=False, seed=0, **switches):
+    "`(prepare, step, optimizer)` over a fresh minima model; `accumulate` keeps the gradients in the flat views."
     rng = np.random.default_rng(seed)
     params = [Param(rng.standard_normal(n).astype(DTYPE)) for n in sizes]
-    pools = [[rng.standard_normal(n).astype(DTYPE) for n in sizes] for _ in range(2)]
-    for p, g in zip(params, pools[0]): p.grad = g.copy()
-    opt = cls(params, foreach=foreach, **kwargs)
-    count = [0]
-
-    def prepare():
-        if new_grads:
-            count[0] += 1
-            for p, g in zip(params, pools[count[0] % 2]): p.grad = g   # not a view of the flat gradient
-
-    def step():
-        previous = flat.set_backend(backend)
-        try: opt.step()
-        finally: flat.set_backend(previous)
-    for _ in range(2): prepare(); step()   # builds the flat buffers, compiles numba, creates the state
-    return prepare, step, opt
+    opt = cls(params, **switches, **kwargs)
+    prepare = fresh_grads(params, grad_sets)
+    prepare(); opt.step()   # builds the flat buffers (p.grad becomes a view), compiles numba, creates the state
+    if accumulate: prepare = lambda: None   # noqa: E731  (backward would accumulate into the views)
+    prepare(); opt.step()
+    return prepare, opt.step, opt
 
 
-def torch_variant(torch, cls_name, kwargs, sizes, seed=0, **flags):
+def torch_variant(torch, cls_name, kwargs, sizes, grad_sets, seed=0, **switches):
     rng = np.random.default_rng(seed)
     params = [torch.from_numpy(rng.standard_normal(n).astype(DTYPE)).requires_grad_() for n in sizes]
-    for p in params: p.grad = torch.from_numpy(rng.standard_normal(p.numel()).astype(DTYPE))
-    opt = getattr(torch.optim, cls_name)(params, **kwargs, **flags)
-    for _ in range(2): opt.step()
-    return (lambda: None), opt.step, None
+    opt = getattr(torch.optim, cls_name)(params, **kwargs, **switches)
+    prepare = fresh_grads(params, grad_sets, torch.from_numpy)
+    for _ in range(2): prepare(); opt.step()
+    return prepare, opt.step, None
 
 
 def inplace_add_variant(n):
@@ -107,19 +115,21 @@ def step_allocation(prepare, step):
     return peak
 
 
-def variant_builders(torch, opt_name, sizes, with_numba):
+TORCH_FOREACH, TORCH_FUSED = "torch foreach=True", "torch fused=True"
+
+
+def variant_builders(torch, opt_name, sizes, grad_sets, with_numba):
     "Variant name -> a function building it (model, optimizer, two warm-up steps): `(prepare, step, optimizer)`."
     cls, torch_name, kwargs = OPTIMIZERS[opt_name]
-    builders = {
-        "minima per-tensor": lambda: minima_variant(cls, kwargs, sizes, foreach=False),
-        "minima flat": lambda: minima_variant(cls, kwargs, sizes, foreach=True),
-        "minima flat, new grads": lambda: minima_variant(cls, kwargs, sizes, foreach=True, new_grads=True),
-    }
-    if with_numba: builders["minima numba"] = lambda: minima_variant(cls, kwargs, sizes, foreach=True, backend="numba")
+    def mine(**switches): return lambda: minima_variant(cls, kwargs, sizes, grad_sets, **switches)
+    def theirs(**switches): return lambda: torch_variant(torch, torch_name, kwargs, sizes, grad_sets, **switches)
+    builders = {"minima foreach=False": mine(foreach=False), "minima default": mine()}
+    if with_numba: builders["minima fused=True"] = mine(fused=True)
+    builders["minima foreach=True, accum."] = mine(foreach=True, accumulate=True)
     if torch is not None:
-        builders["torch foreach=False"] = lambda: torch_variant(torch, torch_name, kwargs, sizes, foreach=False)
-        builders["torch foreach=True"] = lambda: torch_variant(torch, torch_name, kwargs, sizes, foreach=True)
-        builders["torch fused"] = lambda: torch_variant(torch, torch_name, kwargs, sizes, fused=True)
+        builders["torch foreach=False"] = theirs(foreach=False)
+        builders[TORCH_FOREACH] = theirs(foreach=True)
+        builders[TORCH_FUSED] = theirs(fused=True)
     return builders
 
 
@@ -154,7 +164,8 @@ def rss_child(variant, opt_name, sizes):
     if variant.startswith("torch"):
         import torch
         torch.set_num_threads(1)
-    prepare, step, _ = variant_builders(torch, opt_name, sizes, variant == "minima numba")[variant]()
+    builders = variant_builders(torch, opt_name, sizes, gradient_sets(sizes), "fused" in variant)
+    prepare, step, _ = builders[variant]()
     prepare(); gc.collect()
     before = _reset_peak_rss()
     if before is not None:
@@ -179,11 +190,13 @@ def step_peak_rss(variant, opt_name, quick):
 
 
 def run_model(torch, model, sizes, opt_name, repeats, with_numba, add_n, quick=False):
-    variants = {name: build() for name, build in variant_builders(torch, opt_name, sizes, with_numba).items()}
+    grad_sets = gradient_sets(sizes)
+    builders = variant_builders(torch, opt_name, sizes, grad_sets, with_numba)
+    variants = {name: build() for name, build in builders.items()}
     variants["in-place add"] = inplace_add_variant(add_n)
     inner = 50 if sum(sizes) < 100_000 else (5 if sum(sizes) < 5_000_000 else 1)
     medians = time_interleaved(variants, repeats, inner)
-    step_mb = flat.step_bytes(variants["minima flat"][2])
+    nbytes = step_bytes(variants["minima foreach=False"][2])
     add_gbs = 3 * add_n * np.dtype(DTYPE).itemsize / medians.pop("in-place add") / 1e9
     memory = {}   # variant -> (NumPy bytes allocated or None, peak RSS growth, how RSS was measured)
     if model == "big":
@@ -191,7 +204,7 @@ def run_model(torch, model, sizes, opt_name, repeats, with_numba, add_n, quick=F
             if name == "in-place add": continue
             numpy_bytes = step_allocation(prepare, step) if opt is not None else None
             memory[name] = (numpy_bytes, *step_peak_rss(name, opt_name, quick))
-    return medians, step_mb, add_gbs, memory
+    return medians, nbytes, add_gbs, memory
 
 
 def main():
@@ -213,23 +226,25 @@ def main():
         torch = None
         print("torch is not installed: minima's variants only (pip install torch==2.13.0)")
     with_numba = has_numba()
-    if not with_numba: print("numba is not installed: no compiled backend (pip install 'minima-optim[fast]')")
-    print(f"float32; torch on {torch.get_num_threads() if torch else '-'} thread; median of {repeats} interleaved runs")
-    header = f"{'model':<11} {'optimizer':<13} {'variant':<23} {'us/step':>10} {'GB/s':>6} {'% add':>6} {'vs torch foreach':>17}"
+    if not with_numba: print("numba is not installed: no fused=True (pip install 'minima-optim[fast]')")
+    print(f"float32; torch on {torch.get_num_threads() if torch else '-'} thread; median of {repeats} interleaved "
+          "runs; new gradient arrays every step unless 'accum.'")
+    header = (f"{'model':<11} {'optimizer':<9} {'variant':<28} {'us/step':>10} {'GB/s':>6} {'% add':>6} "
+              f"{'vs torch foreach':>17} {'vs torch fused':>15}")
     for opt_name in OPTIMIZERS:
         print("\n" + header + "\n" + "-" * len(header))
         for model, sizes in models.items():
             medians, nbytes, add_gbs, memory = run_model(torch, model, sizes, opt_name, repeats, with_numba,
                                                          add_n=add_n, quick=args.quick)
-            ref = medians.get("torch foreach=True")
+            def versus(ref, t): return f"{medians[ref] / t:.2f}x" if ref in medians else "-"
             for name, t in medians.items():
                 gbs = nbytes / t / 1e9
-                ratio = f"{ref / t:.2f}x" if ref else "-"
-                print(f"{model:<11} {opt_name:<13} {name:<23} {t * 1e6:>10.1f} {gbs:>6.1f} {100 * gbs / add_gbs:>5.0f}% {ratio:>17}")
-            print(f"{model:<11} {opt_name:<13} {'(in-place add)':<23} {'':>10} {add_gbs:>6.1f}")
+                print(f"{model:<11} {opt_name:<9} {name:<28} {t * 1e6:>10.1f} {gbs:>6.1f} {100 * gbs / add_gbs:>5.0f}% "
+                      f"{versus(TORCH_FOREACH, t):>17} {versus(TORCH_FUSED, t):>15}")
+            print(f"{model:<11} {opt_name:<9} {'(in-place add)':<28} {'':>10} {add_gbs:>6.1f}")
             param_bytes = sum(sizes) * np.dtype(DTYPE).itemsize
             for name, (allocated, rss, method) in memory.items():
-                label = f"{model:<11} {opt_name:<13} {'memory ' + name:<30}"
+                label = f"{model:<11} {opt_name:<9} {'memory ' + name:<35}"
                 note = "" if method == "VmHWM" else " [ru_maxrss: growth above the process's earlier peak only]"
                 print(f"{label} peak RSS during a step: {rss / 1e6:+.1f} MB "
                       f"({rss / param_bytes:.2f} x the parameters' {param_bytes / 1e6:.0f} MB){note}")
