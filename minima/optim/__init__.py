@@ -28,7 +28,7 @@ from .asgd import ASGD
 from . import lr_scheduler
 from ..nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
 # Last: the fast paths (chapter 14) import the optimizers and register themselves with them.
-import minima.fast
+from .. import fast as _fast_paths  # noqa: F401 (imported for its registrations)
 
 _all_ = ['Optimizer', 'SGD', 'GD', 'Adagrad', 'AdaGrad', 'RMSprop', 'RMSProp', 'Adadelta', 'Adam', 'AdamW',
          'Adamax', 'NAdam', 'RAdam', 'LBFGS', 'Rprop', 'ASGD', 'lr_scheduler',
