@@ -1,12 +1,13 @@
-"""The flat fast path (minima.optim.flat): both paths of every elementwise optimizer against torch, the cases that
+"""The flat fast path (minima.fast.flat): both paths of every elementwise optimizer against torch, the cases that
 must rebuild or leave the buffers (missing gradients, load_state_dict, add_param_group, replaced p.data, new
-gradient arrays, mixed dtypes), allocation-free steps, and the optional numba backend against the NumPy kernels."""
-import functools, tracemalloc
+gradient arrays, mixed dtypes), the pieces of a buffer, and when `foreach=None` goes flat. The fused paths, the
+bitwise comparisons over every option and the memory a step allocates are in test_fast.py."""
+import functools
 import numpy as np
 import pytest
 import parity
 from parity import Param, assert_close, run_parity, run_state_dict_roundtrip
-from minima.optim import flat
+from minima.fast import flat
 from minima.optim import SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, Adamax, NAdam, RAdam, Rprop, ASGD
 
 DTYPES = [np.float64, np.float32]
@@ -58,7 +59,10 @@ def with_foreach(cls, foreach):
     return functools.partial(cls, foreach=foreach)
 
 
-def used_flat(opt): return any(c.buffers for c in opt.__dict__.get("_flat_buffers", {}).values())
+def used_flat(opt):
+    "True when minima.fast holds flat buffers for `opt` (instances of minima.fast.flat.FlatBuffer)."
+    caches = opt.__dict__.get("_flat_buffers", {}).values()
+    return any(isinstance(b, flat.FlatBuffer) for c in caches for b in c.buffers)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
@@ -73,10 +77,10 @@ def test_parity_with_missing_gradients(torch, case, foreach, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("case", CASES, ids=ids)
-def test_flat_parity_in_small_chunks(torch, monkeypatch, case, dtype):
-    "Every step on the flat path, in chunks of 7 elements (a chunk straddles parameters; 0-d state advances once)."
+def test_flat_parity_in_small_pieces(torch, monkeypatch, case, dtype):
+    "Every step on the flat path, in pieces of 7 elements (a piece straddles parameters; 0-d state advances once)."
     monkeypatch.setattr(parity, "make_grads", dense_grads)
-    monkeypatch.setattr(flat, "CHUNK", 7)
+    monkeypatch.setattr(flat, "PIECE", 7)
     cls, name, kw = case
     twins = run_parity(with_foreach(cls, True), getattr(torch.optim, name), kw, dtype=dtype, steps=40,
                        group_overrides=({}, SECOND_GROUP))
@@ -117,8 +121,12 @@ def test_replaced_data_is_taken_into_a_new_buffer(torch, monkeypatch):
     twins.run(5)
 
 
-def test_add_param_group_mid_run(torch, monkeypatch):
-    twins = twins_dense(torch, monkeypatch, SGD, "SGD", dict(lr=0.05, momentum=0.9))
+SAMPLES = [(Adam, "Adam", dict(lr=0.01, amsgrad=True)), (SGD, "SGD", dict(lr=0.05, momentum=0.9))]
+
+
+@pytest.mark.parametrize("case", SAMPLES, ids=ids)
+def test_add_param_group_mid_run(torch, monkeypatch, case):
+    twins = twins_dense(torch, monkeypatch, *case)
     rng = np.random.default_rng(5)
     a = rng.standard_normal((3, 2))
     extra_m, extra_t = Param(a.copy()), torch.tensor(a.copy(), requires_grad=True)
@@ -131,9 +139,10 @@ def test_add_param_group_mid_run(torch, monkeypatch):
         assert_close(extra_m.data, extra_t.detach().numpy(), np.float64, "added parameter")
 
 
-def test_gradients_accumulated_into_the_flat_views(torch, monkeypatch):
+@pytest.mark.parametrize("case", SAMPLES, ids=ids)
+def test_gradients_accumulated_into_the_flat_views(torch, monkeypatch, case):
     "After a flat step p.grad is a view of the flat gradient, with the same values; in-place accumulation works."
-    twins = twins_dense(torch, monkeypatch, SGD, "SGD", dict(lr=0.05, momentum=0.9))
+    twins = twins_dense(torch, monkeypatch, *case)
     rng = np.random.default_rng(7)
     for _ in range(5):
         twins.mopt.zero_grad(set_to_none=False); twins.topt.zero_grad(set_to_none=False)
@@ -146,6 +155,7 @@ def test_gradients_accumulated_into_the_flat_views(torch, monkeypatch):
         views = [m.grad for m in twins.mparams]
         twins.mopt.step(); twins.topt.step(); twins.check()
         assert all(m.grad is v for m, v in zip(twins.mparams, views)), "in-place gradients were not used as they are"
+        assert used_flat(twins.mopt)
 
 
 def mixed(seed=0):
@@ -200,44 +210,16 @@ def test_foreach_none_takes_the_flat_path_for_large_groups_only():
         assert used_flat(opt) == expected
 
 
-def test_hooks_run_around_a_flat_step():
+@pytest.mark.parametrize("cls", [Adam, SGD], ids=lambda c: c.__name__)
+def test_hooks_run_around_a_flat_step(cls):
     params, grads = mixed()
     for p, g in zip(params, grads[0]): p.grad = g
-    opt = SGD(params, lr=0.1, foreach=True)
+    opt = cls(params, lr=0.1, foreach=True)
     calls = []
     opt.register_step_pre_hook(lambda *a: calls.append("pre"))
     opt.register_step_post_hook(lambda *a: calls.append("post"))
     opt.step()
     assert calls == ["pre", "post"] and used_flat(opt)
-
-
-ALLOCATION_CASES = [(cls, kw) for cls, _, kw in CASES] + [
-    (Adam, dict(weight_decay=0.1, decoupled_weight_decay=True)), (Adadelta, dict(weight_decay=0.1, maximize=True))]
-
-
-@pytest.mark.parametrize("cls,kw", ALLOCATION_CASES, ids=lambda x: x.__name__ if isinstance(x, type) else str(x))
-def test_a_flat_step_allocates_no_array(monkeypatch, cls, kw):
-    """After the buffers exist a step allocates nothing the size of a piece, and the scratch is at most one chunk:
-    this checks each optimizer's `_temporaries` (the per-tensor path allocates its temporaries)."""
-    monkeypatch.setattr(flat, "CHUNK", 1 << 15)   # pieces of 10,922 float32 elements or more: 43 KB
-    rng = np.random.default_rng(0)
-    n, peaks = 1 << 17, {}
-    for foreach in (False, True):
-        params = [Param(rng.standard_normal(n // 4).astype(np.float32)) for _ in range(4)]
-        opt = cls(params, **kw, foreach=foreach)
-        for _ in range(2):
-            for p in params: p.grad = rng.standard_normal(p.data.shape).astype(np.float32)
-            opt.step()
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]; opt.step()
-            peaks[foreach] = tracemalloc.get_traced_memory()[1] - base
-        finally: tracemalloc.stop()
-        if foreach:
-            (buffer,) = opt._flat_buffers[id(opt.param_groups[0])].buffers
-            assert buffer.scratch.size <= flat.CHUNK, f"scratch of {buffer.scratch.size} elements"
-    assert peaks[True] < (1 << 13), f"a flat step allocated {peaks[True]} bytes"   # Python objects, no array
-    assert peaks[False] >= n, "the per-tensor path was expected to allocate its temporaries"
 
 
 def test_step_bytes_counts_reads_and_writes():
@@ -248,82 +230,25 @@ def test_step_bytes_counts_reads_and_writes():
     assert flat.step_bytes(SGD([p], lr=0.1, momentum=0.9)) == 10 * 4 * 5
 
 
-def test_temporaries_are_pieces_of_the_scratch_when_they_fit():
-    scratch = np.empty(13, np.float32)
-    like = np.zeros((2, 3), np.float32)
-    pieces = flat.temporaries(scratch, like, 2)
-    assert all(r.shape == (2, 3) and np.shares_memory(r, scratch) for r in pieces)
-    assert not np.shares_memory(pieces[0], pieces[1])
-    for bad, count in [(None, 2), (np.empty(11, np.float32), 2), (np.empty(13, np.float64), 2), (scratch, 3)]:
-        fresh = flat.temporaries(bad, like, count)
-        assert len(fresh) == count and all(f.shape == like.shape and f.dtype == like.dtype for f in fresh)
-        assert bad is None or not any(np.shares_memory(f, bad) for f in fresh)
-
-
-def test_pieces_fit_the_temporaries_in_one_chunk_of_scratch():
+def test_pieces_are_views_of_the_buffer_cut_once():
+    "Pieces of `piece` elements over the whole buffer (the last one shorter), views of its arrays, cut once."
     params = [Param(np.arange(n, dtype=np.float64)) for n in (10, 7, 3)]
     states = [{"step": np.zeros(()), "m": np.zeros(p.data.shape)} for p in params]
     for p in params: p.grad = np.ones_like(p.data)
-    buffer = flat.FlatBuffer(params, states, ("m",), chunk=8)
-    for temporaries, length in [(1, 8), (2, 4), (3, 2)]:
-        datas, grads, piece_states = buffer.pieces(temporaries)
-        assert [d.size for d in datas] == [length] * (20 // length) + ([20 % length] if 20 % length else [])
-        assert np.array_equal(np.concatenate(datas), buffer.data) and all(np.shares_memory(d, buffer.data) for d in datas)
-        assert all(s["m"].base is buffer.state["m"] for s in piece_states)
-        assert buffer.scratch.size <= 8
-        assert buffer.pieces(temporaries) is buffer.pieces(temporaries)   # cut once, reused every step
-    assert buffer.pieces(0) is buffer.pieces(1)   # no temporaries: pieces as long as the chunk, cut once
+    buffer = flat.FlatBuffer(params, states, ("m",), piece=8)
+    datas, grads, piece_states = buffer.pieces()
+    assert [d.size for d in datas] == [8, 8, 4] and [g.size for g in grads] == [8, 8, 4]
+    assert np.array_equal(np.concatenate(datas), buffer.data) and all(np.shares_memory(d, buffer.data) for d in datas)
+    assert all(np.shares_memory(g, buffer.grad) for g in grads)
+    assert all(s["m"].base is buffer.state["m"] for s in piece_states)
+    assert buffer.pieces() is buffer.pieces()   # cut once, reused every step
+    for p, view in zip(params, buffer.data_views): assert p.data is view and np.shares_memory(p.data, buffer.data)
     # the 0-d state: each piece advances its own copy, and the shared counter advances once per step
-    def update(group, datas, grads, states, scratch):
+    def update(group, datas, grads, states, apply):
+        assert apply is flat.elementwise
         for s in states: s["step"] += 1
-    buffer.run(update, {}, 3); buffer.run(update, {}, 3)
+    buffer.run(update, {}); buffer.run(update, {})
     assert float(buffer.scalars["step"]) == 2 and all(s["step"] is buffer.scalars["step"] for s in states)
+    assert all(float(s["step"]) == 2 for s in buffer.pieces()[2])
+    assert flat.FlatBuffer(params[:1], states[:1], ("m",)).piece == flat.PIECE   # the default
 
-
-def test_set_backend_rejects_unknown_names():
-    with pytest.raises(ValueError, match="Invalid backend: 'cuda'"): flat.set_backend("cuda")
-    assert flat.get_backend() == "numpy"
-
-
-# The compiled backend is an optional extra: these tests skip (also under CI) when numba is missing.
-def require_numba():
-    try: import numba  # noqa: F401
-    except ImportError: pytest.skip("numba is not installed; the compiled backend is optional: "
-                                    "pip install 'minima-optim[fast]' (or pip install numba) to test it")
-
-
-COMPILED_CASES = [
-    (Adam, dict(lr=0.01)), (Adam, dict(lr=0.01, amsgrad=True, weight_decay=0.1, maximize=True)),
-    (Adam, dict(lr=0.01, betas=(0.3, 0.9), weight_decay=0.1, decoupled_weight_decay=True)),
-    (AdamW, dict(lr=0.01)), (AdamW, dict(lr=0.01, amsgrad=True, maximize=True)),
-    (SGD, dict(lr=0.05)), (SGD, dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.1)),
-    (SGD, dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True)),
-]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
-@pytest.mark.parametrize("cls,kw", COMPILED_CASES, ids=lambda x: x.__name__ if isinstance(x, type) else str(x))
-def test_numba_backend_agrees_with_numpy_kernels(cls, kw, dtype):
-    require_numba()
-    rng = np.random.default_rng(3)
-    shapes = [(50, 3), (7,), (33,), (2, 2, 5)]
-    start = [rng.standard_normal(s).astype(dtype) for s in shapes]
-    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(30)]
-    finals = {}
-    for backend in ("numpy", "numba"):
-        params = [Param(a.copy()) for a in start]
-        opt = cls(params, **kw, foreach=True)
-        previous = flat.set_backend(backend)
-        try:
-            for gs in grads:
-                for p, g in zip(params, gs): p.grad = g.copy()
-                opt.step()
-        finally: flat.set_backend(previous)
-        assert used_flat(opt)
-        finals[backend] = ([p.data.copy() for p in params], opt.state_dict()["state"])
-    for mine, ref in zip(finals["numba"][0], finals["numpy"][0]):
-        assert_close(mine, ref, dtype, "compiled parameters")
-    for idx, state in finals["numpy"][1].items():
-        for k, v in state.items():
-            if k == "step": assert float(finals["numba"][1][idx][k]) == float(v)
-            else: assert_close(finals["numba"][1][idx][k], v, dtype, f"compiled state {k}")
