@@ -116,7 +116,7 @@ def enter_mode(monkeypatch, mode):
     return kwargs
 
 
-def check_path(opt, mode, calls, rules, k):
+def check_path(opt, mode, calls, rules, k, first_step_per_tensor=False):
     """After step `k`: the path `mode` names ran. Groups 0 and 2 must be on minima.fast's flat buffers whenever they
     have gradients (in pieces of 7 for foreach, the compiled loop on the whole buffer for fused-flat); fused on each
     tensor makes no buffer and calls the compiled loop."""
@@ -126,7 +126,7 @@ def check_path(opt, mode, calls, rules, k):
         return [b for b in (cache.buffers if cache else []) if isinstance(b, flat.FlatBuffer)]
     if mode == "fused":
         assert not any(buffers_of(g) for g in opt.param_groups), "fused=True on each tensor made a flat buffer"
-    for gi in expected_flat(k):
+    for gi in ([] if first_step_per_tensor and k == 0 else expected_flat(k)):
         buffers = buffers_of(opt.param_groups[gi])
         if mode == "fused": continue
         assert buffers, f"group {gi} did not run on minima.fast's flat buffers at step {k}"
@@ -263,7 +263,10 @@ def test_fast_path_equals_the_reference_bitwise(monkeypatch, compiled_calls, cas
     cls, kw = case
     extra = enter_mode(monkeypatch, mode)
     rules = set()
-    mine = run(cls, kw, dtype, accumulate, extra, lambda opt, k: check_path(opt, mode, compiled_calls, rules, k))
+    # SGD's momentum buffers are created by its kernel at their first step (torch's state layout): per tensor then
+    lazy = cls is SGD and kw.get("momentum", 0) != 0
+    mine = run(cls, kw, dtype, accumulate, extra,
+               lambda opt, k: check_path(opt, mode, compiled_calls, rules, k, first_step_per_tensor=lazy))
     assert_same_run(mine, reference(cls, tuple(kw.items()), dtype, accumulate))
     if mode != "foreach": assert rules, "no compiled loop ran"
 
@@ -307,7 +310,10 @@ def test_fused_parity_with_torch(torch, compiled_calls, case, dtype):
     require_numba()
     cls, kw = case
     torch_cls = getattr(torch.optim, cls.__name__)
-    if cls.__name__ in TORCH_FUSED: twins = run_parity(cls, torch_cls, dict(kw, fused=True), dtype=dtype, steps=40,
+    # torch 2.13's fused SGD fails ("expected Tensor ... but got NoneType") when a parameter with momentum gets its
+    # first gradient after the others (its buffer is still None): there its single-tensor kernel is the oracle
+    torch_fused = cls.__name__ in TORCH_FUSED and not (cls is SGD and kw.get("momentum", 0) != 0)
+    if torch_fused: twins = run_parity(cls, torch_cls, dict(kw, fused=True), dtype=dtype, steps=40,
                                                        group_overrides=({}, {"lr": 2 * kw["lr"]}))
     else: twins = run_parity(functools.partial(cls, fused=True), torch_cls, kw, dtype=dtype, steps=40,
                              group_overrides=({}, {"lr": 2 * kw["lr"]}))
