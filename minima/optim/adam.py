@@ -10,27 +10,9 @@ from .optimizer import Optimizer, elementwise, lerp
 from .optimizer import validate_betas, validate_eps, validate_fused, validate_lr, validate_weight_decay
 
 # %% auto #0
-__all__ = ['AdamConstants', 'adam_constants', 'adam_rule', 'adam', 'Adam']
+__all__ = ['AdamConstants', 'adam_rule', 'adam_constants', 'adam', 'Adam']
 
 # %% ../../nbs/07_adam.ipynb #670c9f01
-AdamConstants = namedtuple('AdamConstants', ['maximize', 'decoupled', 'l2', 'decay', 'weight_decay',
-    'beta1_weight', 'beta1_complement', 'beta2', 'one_minus_beta2', 'amsgrad', 'bias_correction2_sqrt',
-    'eps', 'step_size'])
-
-def adam_constants(step_t:np.ndarray, # the 0-d step counter, incremented in place
-                   *, amsgrad:bool, beta1:float, beta2:float, lr:float, weight_decay:float, eps:float,
-                   maximize:bool, decoupled_weight_decay:bool=False, # as `adam`
-                  ) -> AdamConstants:
-    "Advance the step counter and compute this step's constants: the bias corrections live here only."
-    step_t += 1
-    step = float(step_t)
-    decay = weight_decay != 0
-    return AdamConstants(
-        maximize, decay and decoupled_weight_decay, decay and not decoupled_weight_decay,
-        1 - lr * weight_decay, weight_decay, 1 - beta1, beta1, beta2, 1 - beta2, amsgrad,
-        (1 - beta2 ** step) ** 0.5, eps, lr / (1 - beta1 ** step))
-
-# %% ../../nbs/07_adam.ipynb #fbc41a8d
 def adam_rule(c, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq):
     "One step of Adam on numbers or arrays, in PyTorch's order of operations."
     if c.maximize: grad = -grad
@@ -47,30 +29,53 @@ def adam_rule(c, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq):
     param -= c.step_size * exp_avg / denom
     return param, exp_avg, exp_avg_sq, max_exp_avg_sq
 
+# %% ../../nbs/07_adam.ipynb #fbc41a8d
+AdamConstants = namedtuple('AdamConstants', [
+    'maximize', 'decoupled', 'l2', 'decay', 'weight_decay', 'beta1_weight',
+    'beta1_complement', 'beta2', 'one_minus_beta2', 'amsgrad',
+    'bias_correction2_sqrt', 'eps', 'step_size'])
+
+def adam_constants(step_t:np.ndarray, # 0-d step counter, incremented in place
+                   *, amsgrad:bool, beta1:float, beta2:float, lr:float,
+                   weight_decay:float, eps:float, maximize:bool,
+                   decoupled_weight_decay:bool=False, # as `adam`
+                  ) -> AdamConstants:
+    "Advance the step counter; this step's bias corrections live here only."
+    step_t += 1
+    step = float(step_t)
+    decay = weight_decay != 0
+    return AdamConstants(
+        maximize, decay and decoupled_weight_decay,
+        decay and not decoupled_weight_decay, 1 - lr * weight_decay,
+        weight_decay, 1 - beta1, beta1, beta2, 1 - beta2, amsgrad,
+        (1 - beta2 ** step) ** 0.5, eps, lr / (1 - beta1 ** step))
+
 def adam(params:list, # parameter arrays, updated in place
          grads:list, # their gradients (not modified)
          exp_avgs:list, # first moments m, updated in place
          exp_avg_sqs:list, # second moments v, updated in place
-         max_exp_avg_sqs:list, # running maxima of v (read only with `amsgrad`)
+         max_exp_avg_sqs:list, # running maxima of v (read with `amsgrad`)
          state_steps:list, # 0-d float64 step counters, incremented in place
          *,
          amsgrad:bool, # use the running maximum of v in the denominator
          beta1:float, # decay rate of m
          beta2:float, # decay rate of v
          lr:float, # learning rate
-         weight_decay:float, # L2 penalty (added to the gradient) or decoupled decay
+         weight_decay:float, # L2 penalty (added to the gradient) or decay
          eps:float, # added to the denominator, outside the square root
          maximize:bool, # ascend instead of descend
-         decoupled_weight_decay:bool=False, # shrink the parameters directly (AdamW) instead
-         apply=elementwise, # how the rule meets the arrays: NumPy (chapter 3) or a compiled loop (14b)
+         decoupled_weight_decay:bool=False, # shrink the parameters (AdamW)
+         apply=elementwise, # how the rule meets the arrays (chapters 3, 14b)
         ):
-    "Adam on lists of arrays, as `torch.optim.adam.adam`: per tensor, this step's constants, then the rule."
+    "Adam on lists of arrays, as `torch.optim.adam.adam`."
     for i, param in enumerate(params):
-        c = adam_constants(state_steps[i], amsgrad=amsgrad, beta1=beta1, beta2=beta2, lr=lr,
-                           weight_decay=weight_decay, eps=eps, maximize=maximize,
-                           decoupled_weight_decay=decoupled_weight_decay)
+        c = adam_constants(
+            state_steps[i], amsgrad=amsgrad, beta1=beta1, beta2=beta2, lr=lr,
+            weight_decay=weight_decay, eps=eps, maximize=maximize,
+            decoupled_weight_decay=decoupled_weight_decay)
         max_exp_avg_sq = max_exp_avg_sqs[i] if amsgrad else None
-        apply(adam_rule, c, param, grads[i], exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sq)
+        apply(adam_rule, c, param, grads[i], exp_avgs[i], exp_avg_sqs[i],
+              max_exp_avg_sq)
 
 # %% ../../nbs/07_adam.ipynb #6cadad4a
 def _validate_float_betas(betas):
@@ -106,10 +111,12 @@ class Adam(Optimizer):
         return ('exp_avg', 'exp_avg_sq') + (('max_exp_avg_sq',) if group['amsgrad'] else ())
 
     def _update(self, group, params, grads, states, apply=elementwise):
-        "Call `adam` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
+        "Call `adam` on a whole group, or on the pieces of its flat buffer."
         beta1, beta2 = group['betas']
-        adam(params, grads, [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states],
-             [s['max_exp_avg_sq'] for s in states] if group['amsgrad'] else [], [s['step'] for s in states],
+        maxima = [s['max_exp_avg_sq'] for s in states] if group['amsgrad'] else []
+        adam(params, grads, [s['exp_avg'] for s in states],
+             [s['exp_avg_sq'] for s in states], maxima, [s['step'] for s in states],
              amsgrad=group['amsgrad'], beta1=beta1, beta2=beta2, lr=group['lr'],
-             weight_decay=group['weight_decay'], eps=group['eps'], maximize=group['maximize'],
+             weight_decay=group['weight_decay'], eps=group['eps'],
+             maximize=group['maximize'],
              decoupled_weight_decay=group['decoupled_weight_decay'], apply=apply)
