@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from minima.optim import Adam, AdamW        # noqa: E402  (importing minima.optim registers minima.fast)
+from minima.optim import Adam, AdamW, SGD   # noqa: E402  (importing minima.optim registers minima.fast)
 from minima.fast.flat import step_bytes     # noqa: E402
 
 DTYPE = np.float32
@@ -36,6 +36,7 @@ MODELS = {  # name -> sizes of the parameter tensors
 OPTIMIZERS = {  # name -> (minima class, torch class name, keyword arguments)
     "Adam": (Adam, "Adam", dict(lr=1e-3)),
     "AdamW": (AdamW, "AdamW", dict(lr=1e-3)),
+    "SGD mom.": (SGD, "SGD", dict(lr=1e-3, momentum=0.9)),
 }
 
 
