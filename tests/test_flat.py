@@ -199,15 +199,49 @@ def test_gradients_are_not_modified_and_old_data_goes_stale():
     np.testing.assert_array_equal(old[0], mixed()[0][0].data)
 
 
-def test_foreach_none_takes_the_flat_path_for_large_groups_only():
+def test_foreach_none_takes_the_flat_path_for_large_groups_of_small_tensors_only(monkeypatch):
+    "Few small tensors: the reference; many small ones (or many elements): one buffer; large tensors: their own arrays."
     small = [Param(np.ones(3)) for _ in range(flat.FLAT_MIN_PARAMS - 1)]
     many = [Param(np.ones(3)) for _ in range(flat.FLAT_MIN_PARAMS)]
-    big = [Param(np.ones(flat.FLAT_MIN_ELEMENTS))]
-    for params, expected in [(small, False), (many, True), (big, True)]:
+    elements = [Param(np.ones(flat.FLAT_MIN_ELEMENTS // 2)) for _ in range(2)]
+    large = [Param(np.ones(flat.SMALL_TENSOR))]
+    runs = []
+    original = flat.step_tensor_pieces
+    monkeypatch.setattr(flat, "step_tensor_pieces", lambda o, g: runs.append(original(o, g)) or runs[-1])
+    for params, expected, pieces in [(small, False, []), (many, True, []), (elements, True, []), (large, False, [True])]:
+        runs.clear()
         for p in params: p.grad = np.ones_like(p.data)
+        data = [p.data for p in params]
         opt = Adam(params)
         opt.step()
-        assert used_flat(opt) == expected
+        assert used_flat(opt) == expected and runs == pieces
+        if not expected: assert all(p.data is d for p, d in zip(params, data)), "p.data was rebound"
+
+
+def test_large_tensors_run_in_pieces_of_their_own_arrays(monkeypatch):
+    "The kernel sees pieces of at most PIECE elements that are views of each tensor's arrays; numbers as the reference."
+    monkeypatch.setattr(flat, "PIECE", 1000)
+    monkeypatch.setattr(flat, "SMALL_TENSOR", 1000)   # these tensors count as large
+    starts = [np.random.default_rng(0).standard_normal(s) for s in [(70, 100), (2500,), (3, 0)]]
+    seen = []
+    class Spy(Adam):
+        def _update(self, group, params, grads, states, apply=None):
+            seen.append([p.size for p in params])
+            super()._update(group, params, grads, states, apply)
+    params, ref_params = [Param(a.copy()) for a in starts], [Param(a.copy()) for a in starts]
+    kw = dict(lr=0.1, weight_decay=0.1, amsgrad=True)
+    opt, ref_opt = Spy(params, foreach=True, **kw), Adam(ref_params, foreach=False, **kw)
+    data, rng = [p.data for p in params], np.random.default_rng(1)
+    for k in range(5):
+        for p, q in zip(params, ref_params):
+            g = rng.standard_normal(p.data.shape); p.grad, q.grad = g, g.copy()
+        opt.step(); ref_opt.step()
+    assert len(seen) == 5 and all(max(sizes) <= 1000 and len(sizes) == 7 + 3 + 1 for sizes in seen)
+    assert all(p.data is d for p, d in zip(params, data)), "p.data was rebound"
+    for p, q in zip(params, ref_params):
+        np.testing.assert_array_equal(p.data, q.data)
+        assert set(opt.state[p]) == set(ref_opt.state[q])
+        for key in opt.state[p]: np.testing.assert_array_equal(opt.state[p][key], ref_opt.state[q][key])
 
 
 @pytest.mark.parametrize("cls", [Adam, SGD], ids=lambda c: c.__name__)

@@ -10,13 +10,14 @@ from ..optim.optimizer import elementwise
 from .fused import compiled, require_numba
 
 # %% auto #0
-__all__ = ['PIECE', 'FLAT_MIN_PARAMS', 'FLAT_MIN_ELEMENTS', 'FUSED_FLAT_MAX_MEAN', 'step_bytes', 'FlatBuffer', 'step_group']
+__all__ = ['PIECE', 'FLAT_MIN_PARAMS', 'FLAT_MIN_ELEMENTS', 'SMALL_TENSOR', 'step_bytes', 'FlatBuffer', 'step_tensor_pieces',
+           'step_group']
 
 # %% ../../nbs/14_fast.ipynb #e8676083
 PIECE = 1 << 18              # elements per piece: few kernel calls, temporaries that stay in the cache (swept below)
 FLAT_MIN_PARAMS = 8          # with foreach=None a group goes flat from this many parameters of one dtype...
 FLAT_MIN_ELEMENTS = 1 << 16  # ...or from this many elements
-FUSED_FLAT_MAX_MEAN = 1 << 16  # fused: tensors smaller than this on average share one buffer
+SMALL_TENSOR = 1 << 16       # tensors smaller than this on average share one buffer; larger ones keep their own
 
 # %% ../../nbs/14_fast.ipynb #5573f7f1
 def step_bytes(optimizer) -> int:
@@ -186,10 +187,34 @@ def _drop_buffers(optimizer, group):
     cache = _flat_caches(optimizer).pop(id(group), None)
     if cache is not None: cache.dissolve(optimizer)
 
-def _fused_goes_flat(group):
-    "A fused step shares one buffer among many small tensors; large tensors are updated in place, one each."
-    params = [p for p in group['params'] if p.grad is not None]
-    return len(params) >= FLAT_MIN_PARAMS and sum(p.data.size for p in params) < FUSED_FLAT_MAX_MEAN * len(params)
+def _params_with_grad(group): return [p for p in group['params'] if p.grad is not None]
+
+def _small_tensors(params):
+    "True when `params` average fewer than `SMALL_TENSOR` elements: one shared buffer pays for itself."
+    return sum(p.data.size for p in params) < SMALL_TENSOR * max(1, len(params))
+
+def step_tensor_pieces(optimizer, # an elementwise optimizer
+                       group:dict, # one of its parameter groups, of large tensors
+                      ) -> bool:
+    "The kernel once, on cache-sized pieces of each tensor's own arrays; False (nothing done) if a state is missing."
+    params, keys = _params_with_grad(group), optimizer._state_keys(group)
+    states = [optimizer._group_state(p, group) for p in params]
+    datas, grads, pieces, firsts = [], [], [], []
+    for p, s in zip(params, states):
+        arrays = [p.data, p.grad] + [s.get(k) for k in keys]
+        if any(a is None or not a.flags.c_contiguous for a in arrays): return False   # reshape would copy
+        data, grad, *state = [a.reshape(-1) for a in arrays]
+        zero_d = {k: v for k, v in s.items() if k not in keys}
+        firsts.append((s, len(pieces)))
+        for lo, hi in _chunk_bounds(data.size, PIECE):
+            datas.append(data[lo:hi]); grads.append(grad[lo:hi])
+            # each piece advances its own copy of its tensor's 0-d state; the tensor takes the first piece's
+            pieces.append({**{k: a[lo:hi] for k, a in zip(keys, state)}, **{k: v.copy() for k, v in zero_d.items()}})
+    optimizer._update(group, datas, grads, pieces, elementwise)
+    for s, first in firsts:
+        for k, v in s.items():
+            if k not in keys: v[...] = pieces[first][k]
+    return True
 
 # %% ../../nbs/14_fast.ipynb #622250eb
 def _group_buffers(optimizer, group, force):
@@ -208,15 +233,21 @@ def _group_buffers(optimizer, group, force):
 def step_group(optimizer, # an elementwise optimizer: `_state_keys`, `_group_state`, `_update`
                group:dict, # one of its parameter groups
               ):
-    "Step `group` as its `foreach` and `fused` say: compiled loops, flat buffers in pieces, or the reference."
-    if group.get('fused'):
-        require_numba()   # before anything moves
-        cache = _group_buffers(optimizer, group, force=True) if _fused_goes_flat(group) else None
-        if cache is None:
-            _drop_buffers(optimizer, group); return optimizer._step_tensors(group, compiled)
-        for b in cache.buffers: b.run_whole(optimizer._update, group, compiled)
-        return
-    cache = None if group.get('foreach') is False else _group_buffers(optimizer, group, group.get('foreach') is True)
-    if cache is None:
+    "Step `group` as its `foreach` and `fused` say: compiled loops, pieces of the kernel's arrays, or the reference."
+    fused, foreach = group.get('fused'), group.get('foreach')
+    if fused: require_numba()   # before anything moves
+    params = _params_with_grad(group)
+    if (foreach is False and not fused) or not params:
         _drop_buffers(optimizer, group); return optimizer._step_tensors(group)
-    for b in cache.buffers: b.run(optimizer._update, group)
+    if not _small_tensors(params):   # large tensors keep their arrays: no buffer, no copy of the gradients
+        _drop_buffers(optimizer, group)
+        if fused: return optimizer._step_tensors(group, compiled)
+        if step_tensor_pieces(optimizer, group): return
+        return optimizer._step_tensors(group)
+    many = len(params) >= FLAT_MIN_PARAMS
+    cache = _group_buffers(optimizer, group, force=foreach is True or bool(fused)) if many or not fused else None
+    if cache is None:
+        _drop_buffers(optimizer, group); return optimizer._step_tensors(group, compiled if fused else elementwise)
+    for b in cache.buffers:
+        if fused: b.run_whole(optimizer._update, group, compiled)
+        else: b.run(optimizer._update, group)
