@@ -11,8 +11,9 @@ from conftest import require_torch
 
 # Group keys that only PyTorch has (they select its CUDA-graph and autograd machinery).
 TORCH_ONLY_GROUP_KEYS = {"capturable", "differentiable"}
-# minima has `fused` (a compiled loop) for every elementwise optimizer, torch for four of them.
-BEYOND_TORCH_GROUP_KEYS = {"fused"}
+# minima has `fused` (a compiled loop) for every elementwise optimizer, torch for four of them; reference packages
+# beyond torch (lion-pytorch, ...) have neither `foreach` nor `fused`, which minima's groups carry.
+BEYOND_TORCH_GROUP_KEYS = {"fused", "foreach"}
 
 
 def expected_group_keys(mine, ref):

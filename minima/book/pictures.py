@@ -14,7 +14,9 @@ __all__ = ['COLORS', 'color_for', 'trajectory', 'plot_contours', 'plot_trajector
 COLORS = {'GD': 'tab:gray', 'SGD': 'tab:blue', 'Momentum': 'tab:orange', 'Nesterov': 'tab:green',
           'AdaGrad': 'tab:red', 'RMSprop': 'tab:purple', 'Adadelta': 'tab:brown', 'Adam': 'tab:pink',
           'AMSGrad': 'gold', 'AdamW': 'tab:olive', 'Adamax': 'tab:cyan', 'NAdam': 'navy', 'RAdam': 'darkred',
-          'LBFGS': 'black', 'Rprop': 'teal', 'ASGD': 'indigo'}
+          'LBFGS': 'black', 'Rprop': 'teal', 'ASGD': 'indigo',
+          'Adafactor': 'orchid', 'Lion': 'limegreen', 'AdamWScheduleFree': 'darkviolet',
+          'SGDScheduleFree': 'steelblue', 'Prodigy': 'chocolate', 'Lookahead': 'darkslategray'}
 
 _FALLBACK = ['crimson', 'darkgreen', 'sienna', 'slateblue', 'darkorange', 'deeppink', 'darkcyan', 'olive']
 _assigned = {}

@@ -20,6 +20,7 @@ from ..optim.nadam import NAdam
 from ..optim.radam import RAdam
 from ..optim.rprop import Rprop
 from ..optim.asgd import ASGD
+from ..optim.lion import Lion
 
-ELEMENTWISE = (SGD, Adagrad, RMSprop, Adadelta, Adam, Adamax, NAdam, RAdam, Rprop, ASGD,)   # subclasses (AdamW, GD, the aliases) inherit the registration
+ELEMENTWISE = (SGD, Adagrad, RMSprop, Adadelta, Adam, Adamax, NAdam, RAdam, Rprop, ASGD, Lion,)   # subclasses (AdamW, GD, the aliases) inherit the registration
 for _cls in ELEMENTWISE: register_fast_step(_cls, step_group)
