@@ -85,9 +85,11 @@ def test_the_fast_paths_import_no_matplotlib():
     assert not offenders, "\n".join(offenders)
 
 
-# Only these classes define `step`: the base class, and LBFGS (its own loop of closures; in beyond.py before the
-# split). The schedulers of lr_scheduler.py step learning rates, not parameters.
-OWN_STEP = {("minima.optim.optimizer", "Optimizer"), ("minima.optim.lbfgs", "LBFGS"), ("minima.optim.beyond", "LBFGS")}
+# Only these classes define `step`: the base class; LBFGS (its own loop of closures); Prodigy (its distance
+# estimate sums over every group before any group moves); Lookahead (a wrapper around another optimizer's step).
+# The schedulers of lr_scheduler.py step learning rates, not parameters.
+OWN_STEP = {("minima.optim.optimizer", "Optimizer"), ("minima.optim.lbfgs", "LBFGS"),
+            ("minima.optim.prodigy", "Prodigy"), ("minima.optim.lookahead", "Lookahead")}
 
 
 def test_only_the_base_class_and_lbfgs_define_step():
