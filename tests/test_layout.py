@@ -86,10 +86,12 @@ def test_the_fast_paths_import_no_matplotlib():
 
 
 # Only these classes define `step`: the base class; LBFGS (its own loop of closures); Prodigy (its distance
-# estimate sums over every group before any group moves); Lookahead (a wrapper around another optimizer's step).
+# estimate sums over every group before any group moves); Lookahead (a wrapper around another optimizer's step);
+# the schedule-free base (its counters advance once per group and step, and a step in eval mode is refused).
 # The schedulers of lr_scheduler.py step learning rates, not parameters.
 OWN_STEP = {("minima.optim.optimizer", "Optimizer"), ("minima.optim.lbfgs", "LBFGS"),
-            ("minima.optim.prodigy", "Prodigy"), ("minima.optim.lookahead", "Lookahead")}
+            ("minima.optim.prodigy", "Prodigy"), ("minima.optim.lookahead", "Lookahead"),
+            ("minima.optim.schedule_free", "_ScheduleFree")}
 
 
 def test_only_the_base_class_and_lbfgs_define_step():
