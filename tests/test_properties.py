@@ -136,7 +136,7 @@ def run_differential(name, options, path, groups, evs):
 
 
 # --- differential: minima's three paths against torch's for-loop -----------------------------------------------
-@examples(60)
+@examples(150)
 @given(S.optimizer_runs())
 def test_optimizer_matches_torch(run):
     run_differential(*run)
@@ -144,7 +144,7 @@ def test_optimizer_matches_torch(run):
 
 # One test per optimizer too, so that each gets its share of examples (and a failure names the optimizer).
 @pytest.mark.parametrize("name", S.OPTIMIZERS)
-@examples(8)
+@examples(20)
 @given(data=st.data())
 def test_each_optimizer_matches_torch(name, data):
     run_differential(*data.draw(S.optimizer_runs(names=(name,))))
@@ -193,7 +193,7 @@ def no_decay_configs(draw):
     return name, options
 
 
-@examples(25)
+@examples(50)
 @given(no_decay_configs(), st.sampled_from(S.PATHS), plain_groups, step_lists)
 def test_zero_gradients_change_nothing(config, path, groups, steps):
     name, options = config
@@ -202,7 +202,7 @@ def test_zero_gradients_change_nothing(config, path, groups, steps):
         for p0, p in zip(history[0], after): np.testing.assert_array_equal(p, p0)
 
 
-@examples(25)
+@examples(50)
 @given(S.optimizer_configs(), st.sampled_from(S.PATHS), plain_groups, step_lists)
 def test_maximize_is_minimizing_the_negated_gradient(config, path, groups, steps):
     name, options = config
@@ -222,7 +222,7 @@ def scale_free_configs(draw):
     return name, options
 
 
-@examples(25)
+@examples(50)
 @given(scale_free_configs(), st.sampled_from(S.PATHS), plain_groups,
        st.lists(st.tuples(st.text("nnnx", min_size=1, max_size=6), st.just(1.0), st.integers(0, 2**32 - 1)),
                 min_size=1, max_size=6),
@@ -247,7 +247,7 @@ def deep_equal(a, b):
     return a == b or (a != a and b != b)
 
 
-@examples(25)
+@examples(50)
 @given(S.optimizer_configs(), st.sampled_from(S.PATHS), plain_groups, step_lists)
 def test_loading_its_own_state_dict_changes_nothing(config, path, groups, steps):
     name, options = config
@@ -293,7 +293,7 @@ def invalid_constructions(draw):
     return name, options, what
 
 
-@examples(40)
+@examples(80)
 @given(invalid_constructions(), st.lists(S.param_specs, min_size=1, max_size=3))
 def test_refused_constructions_match_torch_and_leave_no_trace(bad, specs):
     torch = require_torch()
@@ -316,7 +316,7 @@ def test_refused_constructions_match_torch_and_leave_no_trace(bad, specs):
         np.testing.assert_array_equal(p.data, a); np.testing.assert_array_equal(p.grad, np.ones_like(a))
 
 
-@examples(10)
+@examples(20)
 @given(S.optimizer_configs(), st.lists(S.param_specs, min_size=1, max_size=3))
 def test_foreach_and_fused_together_are_refused_without_trace(config, specs):
     name, options = config
@@ -397,7 +397,7 @@ def _clip_call(lib, torch, grads, fn, kw):
     return result, [None if p.grad is None else to_numpy(p.grad).copy() for p in params]
 
 
-@examples(150)
+@examples(400)
 @given(clipping_cases())
 def test_clipping_matches_torch(case):
     torch = require_torch()
@@ -454,3 +454,102 @@ def test_known_clipping_bugs(case):
     else: assert_close(np.asarray(mine[1]), to_numpy(ref[1]), "the returned norm")
     for a, b in zip(mgrads, tgrads):
         if a is not None: assert_close(a, b, "grad")
+
+
+# BUG (fails until fixed): the complement given to `lerp`. torch's `exp_avg.lerp_(grad, 1 - beta1)` rounds the
+# weight w = 1 - beta1 to the tensor's dtype and, for w >= 1/2, computes `end - (end - start) * (1 - w)` with
+# 1 - w in that dtype (exact, Sterbenz). minima passes `beta1` itself as the complement
+# (minima/optim/adam.py::adam_constants `beta1_complement=beta1`, likewise adamax, nadam, radam, and rmsprop's
+# centered `lerp(grad_avg, grad, c.one_minus_alpha, c.alpha)`), which differs from 1 - dtype(1 - beta1) whenever
+# beta1 < 1/2 is not exactly representable that way: float32 beta1=1e-5 (off by 0.14%), float32 beta1=0.01
+# (off by 1e-6 relative), float64 beta1=1e-21 (torch: complement 0). Suggested fix: derive the complement in
+# the rule from the rounded weight, `lerp(exp_avg, grad, c.beta1_weight, c.one - c.beta1_weight)` with a
+# constant `one = 1.0` in the constants (so that scalars_in_dtype rounds it with the rest), or give `lerp`
+# only the weight and let it compute `one - weight` from a dtype-typed one.
+LERP_CASES = [("Adam", np.float64, 1e-21, 1e20), ("Adam", np.float32, 1e-5, 1e8), ("Adam", np.float32, 0.01, 1e6),
+              ("AdamW", np.float32, 1e-5, 1e8), ("NAdam", np.float32, 1e-5, 1e8), ("RAdam", np.float32, 1e-5, 1e8),
+              ("Adamax", np.float32, 1e-5, 1e8)]
+
+@pytest.mark.parametrize("name, dtype, beta1, big", LERP_CASES)
+def test_lerp_complement_is_rounded_as_torch_rounds_it(name, dtype, beta1, big):
+    torch = require_torch()
+    p = Param(np.zeros((), dtype))
+    t = torch.zeros((), dtype=getattr(torch, np.dtype(dtype).name), requires_grad=True)
+    mine = getattr(mo, name)([p], lr=0.0, betas=(beta1, 0.999), foreach=False)
+    ref = getattr(torch.optim, name)([t], lr=0.0, betas=(beta1, 0.999), foreach=False)
+    for g in (big, 1.0):
+        p.grad, t.grad = np.array(g, dtype), torch.tensor(g, dtype=t.dtype)
+        mine.step(); ref.step()
+    assert mine.state[p]["exp_avg"] == ref.state[t]["exp_avg"].item()   # the same two roundings: bitwise
+
+
+# BUG (fails until fixed; a precision difference rather than a wrong formula): centered RMSprop in float32.
+# torch computes `square_avg.addcmul(grad_avg, grad_avg, value=-1)` in float32 with ONE rounding (its CPU
+# kernel evaluates v - m * m in higher precision), minima as `square_avg - grad_avg * grad_avg` with two.
+# Where v ~ m * m (alpha = 0 makes them equal; a run of equal gradients makes them close) the results differ
+# in every digit, and torch's may be negative (sqrt: nan) where minima's is 0. Suggested fix in
+# minima/optim/rmsprop.py::rmsprop_rule, if exact parity matters: for float32, evaluate the variance in float64
+# (`square_avg - grad_avg * grad_avg` on float64 copies, rounded back once), e.g. through a small helper the
+# numba compiler can also jit; otherwise document the difference. float64 agrees (torch rounds twice there).
+def test_rmsprop_centered_float32_variance_rounding():
+    torch = require_torch()
+    p, t = Param(np.zeros((), np.float32)), torch.zeros((), requires_grad=True)
+    mine = mo.RMSprop([p], lr=0.01, alpha=0.0, centered=True, foreach=False)
+    ref = torch.optim.RMSprop([t], lr=0.01, alpha=0.0, centered=True, foreach=False)
+    g = np.float32(0.1257302)
+    p.grad, t.grad = np.array(g), torch.tensor(g)
+    mine.step(); ref.step()
+    np.testing.assert_array_equal(p.data, t.detach().numpy())   # torch: nan, minima: -125730.2
+
+
+@st.composite
+def invalid_param_lists(draw):
+    "A params argument torch refuses: empty, a set, a non-parameter, a parameter in two groups, no 'params'."
+    n = draw(st.integers(1, 3))
+    # ("no params key" is a known difference: test_a_group_without_params_is_refused_as_torch_refuses_it)
+    kind = draw(st.sampled_from(["empty", "set", "not a parameter", "duplicate across groups"]))
+    return kind, n
+
+
+def _params_argument(kind, params, make_other):
+    if kind == "empty": return []
+    if kind == "set": return [{"params": set(params)}]
+    if kind == "not a parameter": return params[:-1] + [make_other()]
+    if kind == "duplicate across groups": return [{"params": params}, {"params": params[:1]}]
+    return [{"params": params}, {"lr": 0.1}]
+
+
+@examples(40)
+@given(S.optimizer_configs(), invalid_param_lists(), st.sampled_from(S.PATHS))
+def test_refused_parameter_lists_match_torch_and_leave_no_trace(config, bad, path):
+    torch = require_torch()
+    (name, options), (kind, n) = config, bad
+    arrays = new_arrays([((2,), "float64")] * n, np.random.default_rng(0))
+    params = [Param(a.copy()) for a in arrays]
+    targs = _params_argument(kind, [torch.tensor(a, requires_grad=True) for a in arrays], lambda: 3)
+    margs = _params_argument(kind, params, lambda: 3)
+    snapshot = copy.copy(margs)
+    try: getattr(mo, name)(margs, **options, **S.PATH_KWARGS[path])
+    except Exception as e: mine = (type(e), str(e))
+    else: raise AssertionError("minima accepted it")
+    try: getattr(torch.optim, name)(targs, **options)
+    except Exception as e: ref = (type(e), str(e))
+    else: raise AssertionError("torch accepted it")
+    assert mine == ref
+    assert margs == snapshot   # the caller's list and dicts are left as they were
+    for p, a in zip(params, arrays):
+        assert p.grad is None and set(vars(p)) == {"data", "grad"}
+        np.testing.assert_array_equal(p.data, a)
+
+
+# BUG (fails until fixed; small): a group without a 'params' key. torch's add_param_group indexes
+# `param_group["params"]` and raises KeyError("'params'"); minima/optim/optimizer.py::_checked_group raises
+# ValueError("param_group has no 'params' key: ['lr']"). Code that catches torch's exception type misses minima's.
+# Suggested fix: raise KeyError('params') there (a KeyError whose str() is "'params'"), or keep the friendlier
+# message in a KeyError subclass... the type is what callers see.
+def test_a_group_without_params_is_refused_as_torch_refuses_it():
+    torch = require_torch()
+    t = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(Exception) as ref: torch.optim.SGD([{"params": [t]}, {"lr": 0.1}], lr=0.1)
+    with pytest.raises(Exception) as mine: mo.SGD([{"params": [Param(np.zeros(2))]}, {"lr": 0.1}], lr=0.1)
+    assert (mine.type, str(mine.value)) == (ref.type, str(ref.value))

@@ -165,7 +165,7 @@ def scheduler_runs(draw):
     return (opt_name, groups), spec, draw(st.lists(ev, min_size=1, max_size=30))
 
 
-@examples(300)
+@examples(800)
 @given(scheduler_runs())
 def test_scheduler_matches_torch(run):
     opt_spec, spec, events = run
