@@ -168,6 +168,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'minima.nn.utils._float_norm_type': ('clipping.html#_float_norm_type', 'minima/nn/utils.py'),
                                  'minima.nn.utils._grad_array': ('clipping.html#_grad_array', 'minima/nn/utils.py'),
                                  'minima.nn.utils._nonfinite_message': ('clipping.html#_nonfinite_message', 'minima/nn/utils.py'),
+                                 'minima.nn.utils._norm_name': ('clipping.html#_norm_name', 'minima/nn/utils.py'),
                                  'minima.nn.utils._vector_norm': ('clipping.html#_vector_norm', 'minima/nn/utils.py'),
                                  'minima.nn.utils.clip_grad_norm_': ('clipping.html#clip_grad_norm_', 'minima/nn/utils.py'),
                                  'minima.nn.utils.clip_grad_value_': ('clipping.html#clip_grad_value_', 'minima/nn/utils.py'),

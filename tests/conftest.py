@@ -8,6 +8,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # lets tests `import p
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# The property suite's hypothesis profiles ("ci" by default, "thorough" with --hypothesis-profile=thorough) must be
+# registered before pytest reads that option, so here and not in the test modules.
+try: import hypothesis_profiles  # noqa: F401
+except ImportError: pass   # without hypothesis the property tests cannot run at all
+
 
 def _missing(what, how):
     msg = f"{what} is not available; {how}"

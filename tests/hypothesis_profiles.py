@@ -6,10 +6,8 @@ many examples,
 random ones, selected with `pytest --hypothesis-profile=thorough` (see the note below) or with the
 environment variable `HYPOTHESIS_PROFILE=thorough`.
 
-Note: hypothesis's pytest plugin loads `--hypothesis-profile` while pytest configures itself, before test
-modules are imported, so the option only works when this module is imported by tests/conftest.py (one line:
-`import hypothesis_profiles  # noqa: F401`) or loaded as a plugin:
-`PYTHONPATH=.:tests pytest -p hypothesis_profiles --hypothesis-profile=thorough tests/test_properties*.py`.
+hypothesis's pytest plugin reads `--hypothesis-profile` while pytest configures itself, before test modules are
+imported: tests/conftest.py imports this module, so the profiles exist by then.
 """
 import os
 from hypothesis import HealthCheck, settings

@@ -82,10 +82,10 @@ def test_lerp_matches_torch(torch, weight):
         a, b = rng.standard_normal(50).astype(dtype), rng.standard_normal(50).astype(dtype)
         ref = torch.from_numpy(a.copy()).lerp_(torch.from_numpy(b), weight).numpy()
         T = dtype(0).dtype.type
-        out = lerp(a, b, T(weight), T(1) - T(weight))
+        out = lerp(a, b, T(weight), T(1))
         assert (out is a) == (weight < 0.5) and out.dtype == dtype
         np.testing.assert_allclose(out, ref, rtol=2 * np.finfo(dtype).eps, atol=2 * np.finfo(dtype).eps)
-    np.testing.assert_array_equal(lerp(np.array([1.0, 2.0]), np.array([3.0, 5.0]), 1.0, 0.0), [3.0, 5.0])
+    np.testing.assert_array_equal(lerp(np.array([1.0, 2.0]), np.array([3.0, 5.0]), 1.0, 1.0), [3.0, 5.0])
 
 
 def test_kernel_updates_step_counters_in_place():

@@ -444,7 +444,7 @@ def test_non_contiguous_parameters_get_the_references_numbers(monkeypatch, compi
 
 def momentum_rule(c, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq):
     "Adam's first moment alone (a different rule in Adam's layout): p -= step_size * m."
-    exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.beta1_complement)
+    exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.one)
     exp_avg_sq *= c.beta2
     param -= c.step_size * exp_avg
     return param, exp_avg, exp_avg_sq, max_exp_avg_sq

@@ -10,18 +10,25 @@ import math, types, warnings
 import numpy as np
 
 # %% ../../nbs/11_clipping.ipynb #f5a1b037
-def _vector_norm(x, p):
-    "The `p`-norm of all entries of the array `x`, in its dtype (`torch.linalg.vector_norm`)."
+def _vector_norm(x, p, op="linalg.vector_norm"):
+    "The `p`-norm of all entries of `x`, in its dtype (`torch.linalg.vector_norm`); float32 accumulates in float64."
     a = np.abs(x)
     if a.size == 0 and (p < 0 or math.isinf(p)):
-        raise RuntimeError(f"linalg.vector_norm cannot compute the {p} norm on an empty tensor "
+        name = "infinity" if op == "_foreach_norm" else _norm_name(p)
+        raise RuntimeError(f"{op} cannot compute the {name} norm on an empty tensor "
                            "because the operation does not have an identity")
     if p == math.inf: return a.max()
     if p == -math.inf: return a.min()
     if p == 0: return np.asarray(np.count_nonzero(a), dtype=a.dtype)    # the number of non-zero entries
-    if p == 1: return a.sum()
-    if p == 2: return np.sqrt((a * a).sum())
-    with np.errstate(divide='ignore'): return (a ** p).sum() ** (1 / p)   # 0 ** negative p is inf
+    wide = a.astype(np.float64) if a.dtype.itemsize < 8 else a   # PyTorch's CPU reductions accumulate in double
+    if p == 1: return wide.sum().astype(a.dtype)
+    if p == 2: return np.sqrt((wide * wide).sum()).astype(a.dtype)
+    with np.errstate(divide='ignore'):   # 0 ** negative p is inf
+        return ((wide ** p).sum() ** (1 / p)).astype(a.dtype)
+
+def _norm_name(p):
+    "How PyTorch's message prints the order: `inf`, `-inf`, `-1` (an integral order without its `.0`)."
+    return str(int(p)) if math.isfinite(p) and p == int(p) else str(p)
 
 # %% ../../nbs/11_clipping.ipynb #c1334e4f
 def _grad_array(t):
@@ -50,7 +57,9 @@ def get_total_norm(tensors, # an array (or Tensor), or an iterable of them: the 
     arrays = [_grad_array(tensors)] if single else [_grad_array(t) for t in tensors]
     norm_type = _float_norm_type(norm_type)
     if not arrays: return np.array(0.0, dtype=np.float32)   # PyTorch's torch.tensor(0.0)
-    per_array = np.stack([_vector_norm(a, norm_type) for a in arrays])
+    # PyTorch takes its foreach kernel unless foreach=False; only the message of its empty-inf error shows it
+    op = "linalg.vector_norm" if foreach is False or norm_type != math.inf else "_foreach_norm"
+    per_array = np.stack([_vector_norm(a, norm_type, op) for a in arrays])
     total = np.asarray(_vector_norm(per_array, norm_type))
     if error_if_nonfinite and not np.isfinite(total): raise RuntimeError(_nonfinite_message(norm_type))
     return total

@@ -39,10 +39,11 @@ def factored_variance(c:AdafactorConstants, # this step's constants
                       eps1:float, # floor of the mean of R
                      ) -> np.ndarray:
     "Average the row and column means of grad**2 into R, C; R C / mean(R)."
+    w, one = row_var.dtype.type(c.one_minus_beta2), row_var.dtype.type(1)   # as lerp_
     row_mean = (grad * grad).mean(axis=-1, keepdims=True)
-    row_var[...] = lerp(row_var, row_mean, c.one_minus_beta2, c.beta2)
+    row_var[...] = lerp(row_var, row_mean, w, one)
     col_mean = (grad * grad).mean(axis=-2, keepdims=True)
-    col_var[...] = lerp(col_var, col_mean, c.one_minus_beta2, c.beta2)
+    col_var[...] = lerp(col_var, col_mean, w, one)
     var_estimate = row_var @ col_var
     return var_estimate / np.maximum(row_var.mean(axis=-2, keepdims=True), eps1)
 
@@ -73,8 +74,9 @@ def adafactor(params:list, # parameter arrays, updated in place
             var_estimate = factored_variance(c, grad, row_vars[i], col_vars[i],
                                              eps1)
         else:
+            T = param.dtype.type   # lerp_'s weight and 1 - weight in the dtype
             variances[i][...] = lerp(variances[i], grad * grad,
-                                     c.one_minus_beta2, c.beta2)
+                                     T(c.one_minus_beta2), T(1))
             var_estimate = variances[i]
         update = 1 / np.sqrt(np.maximum(var_estimate, eps1 * eps1)) * grad
         param -= alpha / max(1.0, rms(update) / d) * update

@@ -18,7 +18,7 @@ def adam_rule(c, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq):
     if c.maximize: grad = -grad
     if c.decoupled: param *= c.decay                  # AdamW (chapter 8)
     if c.l2: grad = grad + param * c.weight_decay
-    exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.beta1_complement)
+    exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.one)
     exp_avg_sq *= c.beta2
     exp_avg_sq += grad * c.one_minus_beta2 * grad
     if c.amsgrad:
@@ -32,7 +32,7 @@ def adam_rule(c, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq):
 # %% ../../nbs/07_adam.ipynb #fbc41a8d
 AdamConstants = namedtuple('AdamConstants', [
     'maximize', 'decoupled', 'l2', 'decay', 'weight_decay', 'beta1_weight',
-    'beta1_complement', 'beta2', 'one_minus_beta2', 'amsgrad',
+    'one', 'beta2', 'one_minus_beta2', 'amsgrad',
     'bias_correction2_sqrt', 'eps', 'step_size'])
 
 def adam_constants(step_t:np.ndarray, # 0-d step counter, incremented in place
@@ -47,7 +47,7 @@ def adam_constants(step_t:np.ndarray, # 0-d step counter, incremented in place
     return AdamConstants(
         maximize, decay and decoupled_weight_decay,
         decay and not decoupled_weight_decay, 1 - lr * weight_decay,
-        weight_decay, 1 - beta1, beta1, beta2, 1 - beta2, amsgrad,
+        weight_decay, 1 - beta1, 1.0, beta2, 1 - beta2, amsgrad,
         (1 - beta2 ** step) ** 0.5, eps, lr / (1 - beta1 ** step))
 
 def adam(params:list, # parameter arrays, updated in place

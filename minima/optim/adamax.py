@@ -15,7 +15,7 @@ __all__ = ['AdamaxConstants', 'adamax_constants', 'adamax_rule', 'adamax', 'Adam
 
 # %% ../../nbs/09_adam_variants.ipynb #68727b1e
 AdamaxConstants = namedtuple('AdamaxConstants', ['maximize', 'l2', 'weight_decay',
-    'beta1_weight', 'beta1_complement', 'beta2', 'eps', 'clr'])
+    'beta1_weight', 'one', 'beta2', 'eps', 'clr'])
 
 def adamax_constants(step_t:np.ndarray, # the 0-d step counter, incremented in place
                      *, eps:float, beta1:float, beta2:float, lr:float,
@@ -25,14 +25,14 @@ def adamax_constants(step_t:np.ndarray, # the 0-d step counter, incremented in p
     step_t += 1
     clr = lr / (1 - beta1 ** float(step_t))
     return AdamaxConstants(maximize, weight_decay != 0, weight_decay,
-                           1 - beta1, beta1, beta2, eps, clr)
+                           1 - beta1, 1.0, beta2, eps, clr)
 
 # %% ../../nbs/09_adam_variants.ipynb #3d8788b5
 def adamax_rule(c, param, grad, exp_avg, exp_inf):
     "One step of Adamax on numbers or arrays, in PyTorch's order of operations."
     if c.maximize: grad = -grad
     if c.l2: grad = grad + param * c.weight_decay
-    exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.beta1_complement)
+    exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.one)
     exp_inf *= c.beta2
     exp_inf = np.maximum(exp_inf, abs(grad) + c.eps)
     param -= c.clr * exp_avg / exp_inf

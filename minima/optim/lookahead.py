@@ -15,17 +15,16 @@ __all__ = ['LookaheadConstants', 'lookahead_rule', 'lookahead_constants', 'looka
 # %% ../../nbs/15d_lookahead.ipynb #b951f18c
 def lookahead_rule(c, fast, slow):
     "The pull back on numbers or arrays: `fast + (1 - alpha) * (slow - fast)`."
-    fast = lerp(fast, slow, c.weight, c.complement)
+    fast = lerp(fast, slow, c.weight, c.one)
     return (fast,)
 
 # %% ../../nbs/15d_lookahead.ipynb #401ecd58
-LookaheadConstants = namedtuple('LookaheadConstants', ['weight', 'complement'])
+LookaheadConstants = namedtuple('LookaheadConstants', ['weight', 'one'])
 
 def lookahead_constants(*, alpha:float, # how far the slow weights move
                        ) -> LookaheadConstants:
-    "The weight of the pull back, `1 - alpha`, and its complement."
-    weight = 1.0 - alpha
-    return LookaheadConstants(weight, 1.0 - weight)
+    "The weight of the pull back, `1 - alpha`, and the number 1 for `lerp`."
+    return LookaheadConstants(1.0 - alpha, 1.0)
 
 def lookahead(fast:list, # fast weights (or momentum buffers), updated in place
               slow:list, # their slow copies, updated in place

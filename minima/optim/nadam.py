@@ -15,7 +15,7 @@ from .optimizer import validate_lr, validate_weight_decay
 # %% ../../nbs/09_adam_variants.ipynb #ddc60902
 NAdamConstants = namedtuple('NAdamConstants', [
     'maximize', 'decoupled', 'l2', 'decay', 'weight_decay', 'beta1_weight',
-    'beta1_complement', 'beta2', 'one_minus_beta2', 'bias_correction2', 'eps',
+    'one', 'beta2', 'one_minus_beta2', 'bias_correction2', 'eps',
     'grad_step', 'exp_avg_step'])
 
 def nadam_constants(step_t:np.ndarray, # the 0-d step counter, incremented in place
@@ -35,7 +35,7 @@ def nadam_constants(step_t:np.ndarray, # the 0-d step counter, incremented in pl
     return NAdamConstants(
         maximize, decay and decoupled_weight_decay,
         decay and not decoupled_weight_decay,
-        1 - lr * weight_decay, weight_decay, 1 - beta1, beta1, beta2, 1 - beta2,
+        1 - lr * weight_decay, weight_decay, 1 - beta1, 1.0, beta2, 1 - beta2,
         1 - beta2 ** step, eps, -lr * (1.0 - mu) / (1.0 - float(mu_product)),
         (-lr * mu_next) / (1.0 - mu_product_next))
 
@@ -45,7 +45,7 @@ def nadam_rule(c, param, grad, exp_avg, exp_avg_sq):
     if c.maximize: grad = -grad
     if c.decoupled: param *= c.decay                  # NAdamW
     if c.l2: grad = grad + param * c.weight_decay
-    exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.beta1_complement)
+    exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.one)
     exp_avg_sq *= c.beta2
     exp_avg_sq += grad * c.one_minus_beta2 * grad
     denom = np.sqrt(exp_avg_sq / c.bias_correction2) + c.eps

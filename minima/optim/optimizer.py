@@ -35,7 +35,7 @@ def _as_group_list(params) -> list:
 def _checked_group(param_group, defaults: dict) -> dict:
     "A new group dict: `params` as a list of checked parameters, missing hyper-parameters from `defaults`."
     if not isinstance(param_group, dict): raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
-    if 'params' not in param_group: raise ValueError(f"param_group has no 'params' key: {sorted(param_group)}")
+    if 'params' not in param_group: raise KeyError('params')   # PyTorch's error: it reads param_group['params']
     params = param_group['params']
     if isinstance(params, (set, frozenset)):
         raise TypeError("optimizer parameters need to be organized in ordered collections, but the ordering of "
@@ -102,13 +102,13 @@ def _with_step_hooks(step):
 def lerp(start, # the running value (updated in place when it is an array and `weight < 1/2`)
          end, # the value to move towards
          weight, # fraction of the way from `start` to `end`
-         complement, # `1 - weight`, in the same dtype
+         one, # the number 1, in the dtype of `weight` and the arrays
         ):
-    "PyTorch's `lerp`: `start + weight * (end - start)` below weight 1/2, else `end - (end - start) * complement`."
+    "PyTorch's `lerp`: `start + weight * (end - start)` below weight 1/2, else `end - (end - start) * (1 - weight)`."
     if abs(weight) < 0.5:
         start += weight * (end - start)
         return start
-    return end - (end - start) * complement
+    return end - (end - start) * (one - weight)   # 1 - weight in the arrays' dtype, as PyTorch
 
 def scalars_in_dtype(c:tuple, # a step's constants (a named tuple of numbers and flags)
                      dtype, # the dtype of the arrays they meet

@@ -15,7 +15,7 @@ from .optimizer import validate_lr, validate_weight_decay
 # %% ../../nbs/09_adam_variants.ipynb #ef79f045
 RAdamConstants = namedtuple('RAdamConstants', [
     'maximize', 'decoupled', 'l2', 'decay', 'weight_decay', 'beta1_weight',
-    'beta1_complement', 'beta2', 'one_minus_beta2', 'bias_correction1', 'lr',
+    'beta2', 'one_minus_beta2', 'bias_correction1', 'lr',
     'rectified', 'one', 'eps', 'bias_correction2_sqrt', 'rect'])
 
 def radam_constants(step_t:np.ndarray, # the 0-d step counter, incremented in place
@@ -38,7 +38,7 @@ def radam_constants(step_t:np.ndarray, # the 0-d step counter, incremented in pl
     return RAdamConstants(
         maximize, decay and decoupled_weight_decay,
         decay and not decoupled_weight_decay,
-        1 - lr * weight_decay, weight_decay, 1 - beta1, beta1, beta2, 1 - beta2,
+        1 - lr * weight_decay, weight_decay, 1 - beta1, beta2, 1 - beta2,
         1 - beta1 ** step, lr, rectified, 1.0, eps, bias_correction2 ** 0.5, rect)
 
 # %% ../../nbs/09_adam_variants.ipynb #78a5632e
@@ -47,7 +47,7 @@ def radam_rule(c, param, grad, exp_avg, exp_avg_sq):
     if c.maximize: grad = -grad
     if c.decoupled: param *= c.decay
     if c.l2: grad = grad + param * c.weight_decay
-    exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.beta1_complement)
+    exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.one)
     exp_avg_sq *= c.beta2
     exp_avg_sq += grad * c.one_minus_beta2 * grad
     bias_corrected_exp_avg = exp_avg / c.bias_correction1

@@ -16,7 +16,7 @@ __all__ = ['RMSpropConstants', 'RMSProp', 'rmsprop_constants', 'rmsprop_rule', '
 # %% ../../nbs/06_rmsprop.ipynb #2dca424a
 RMSpropConstants = namedtuple('RMSpropConstants', [
     'maximize', 'l2', 'weight_decay', 'alpha', 'one_minus_alpha', 'centered', 'eps',
-    'momentum_on', 'momentum', 'lr'])
+    'momentum_on', 'momentum', 'lr', 'one'])
 
 def rmsprop_constants(step_t:np.ndarray, # 0-d step counter, incremented in place
                       *, lr:float, alpha:float, eps:float, weight_decay:float,
@@ -25,7 +25,7 @@ def rmsprop_constants(step_t:np.ndarray, # 0-d step counter, incremented in plac
     "Advance the step counter and gather this step's constants and flags."
     step_t += 1
     return RMSpropConstants(maximize, weight_decay != 0, weight_decay, alpha,
-                            1 - alpha, centered, eps, momentum > 0, momentum, lr)
+                            1 - alpha, centered, eps, momentum > 0, momentum, lr, 1.0)
 
 # %% ../../nbs/06_rmsprop.ipynb #dc9d46e1
 def rmsprop_rule(c, param, grad, square_avg, grad_avg, momentum_buffer):
@@ -35,7 +35,7 @@ def rmsprop_rule(c, param, grad, square_avg, grad_avg, momentum_buffer):
     square_avg *= c.alpha
     square_avg += grad * c.one_minus_alpha * grad
     if c.centered:
-        grad_avg = lerp(grad_avg, grad, c.one_minus_alpha, c.alpha)
+        grad_avg = lerp(grad_avg, grad, c.one_minus_alpha, c.one)
         avg = np.sqrt(square_avg - grad_avg * grad_avg) + c.eps
     else:
         avg = np.sqrt(square_avg) + c.eps

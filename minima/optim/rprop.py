@@ -31,7 +31,9 @@ def rprop_rule(c, param, grad, prev, step_size):
     if c.maximize: grad = -grad
     product = grad * prev
     kept, flipped = product > c.zero, product < c.zero   # neither: 0 or NaN
-    factor = kept * c.etaplus + flipped * c.etaminus + (kept == flipped) * c.one
+    otherwise = kept == flipped
+    if c.etaminus == c.zero: otherwise = otherwise | flipped   # torch: sign[sign.eq(0)] = 1
+    factor = kept * c.etaplus + flipped * c.etaminus + otherwise * c.one
     step_size *= factor
     step_size = np.maximum(step_size, c.step_size_min)
     step_size = np.minimum(step_size, c.step_size_max)
