@@ -555,3 +555,22 @@ def test_a_group_without_params_is_refused_as_torch_refuses_it():
     with pytest.raises(Exception) as ref: torch.optim.SGD([{"params": [t]}, {"lr": 0.1}], lr=0.1)
     with pytest.raises(Exception) as mine: mo.SGD([{"params": [Param(np.zeros(2))]}, {"lr": 0.1}], lr=0.1)
     assert (mine.type, str(mine.value)) == (ref.type, str(ref.value))
+
+
+# KNOWN DIFFERENCE (xfail, strict), found by the thorough profile once beta1 < 1/2 was allowed again: torch's
+# vectorized CPU `lerp_` evaluates `end - (end - start) * (1 - w)` with one fused multiply-add (one rounding),
+# NumPy and numba with two. Only cancellation shows it: RAdam unrectified (beta2 = 0) moves a float32 parameter
+# by lr * m, so L2 decay makes g + wd * p nearly cancel m at the next step, and exp_avg differs by ~1e-5 relative
+# (up to 1e-2 over random starts). float64 agrees to rounding. Same root cause as the centered RMSprop case.
+@pytest.mark.xfail(strict=True, reason="known difference, not fixed: torch's lerp_ rounds once (fused "
+                   "multiply-add), minima's rule twice; visible in float32 under cancellation")
+def test_lerp_cancellation_in_float32_matches_torch_fma():
+    torch = require_torch()
+    p, t = Param(np.array(np.float32(0.3))), torch.tensor(np.float32(0.3), requires_grad=True)
+    kw = dict(lr=1e-3, betas=(1e-5, 0.0), eps=0.0, weight_decay=0.01)
+    mine, ref = mo.RAdam([p], **kw, foreach=False), torch.optim.RAdam([t], **kw, foreach=False)
+    for g in (np.float32(4e7), np.float32(0.7)):
+        p.grad, t.grad = np.array(g), torch.tensor(g)
+        mine.step(); ref.step()
+    assert_close(mine.state[p]["exp_avg"], ref.state[t]["exp_avg"].numpy(), "exp_avg after the cancelling step",
+                 tol=1e-5)   # the float32 contract
