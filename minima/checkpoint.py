@@ -12,216 +12,374 @@ __all__ = ['FORMAT', 'VERSION', 'META', 'atomic_write', 'save_checkpoint', 'load
 
 # %% ../nbs/13b_checkpoint.ipynb #e6fca198
 FORMAT, VERSION = "minima-checkpoint", 1
-META = "__meta__"   # the member holding the JSON description
+META = "__meta__"  # the member holding the JSON description
+
 
 def _qualname(obj) -> str:
     t = type(obj)
     return f"{t.__module__}.{t.__qualname__}"
 
-def _encode(value, path:str, arrays:dict):
+
+def _encode(value, path: str, arrays: dict):
     "`value` as JSON-ready data; every array moves into `arrays` and is replaced by its name there."
     if isinstance(value, np.ndarray):
-        if value.dtype.hasobject: raise TypeError(f"cannot save {path}: an object array would need pickle")
+        if value.dtype.hasobject:
+            raise TypeError(
+                f"cannot save {path}: an object array would need pickle"
+            )
         name = path if path not in arrays else f"{path}#{len(arrays)}"
         arrays[name] = value
         return {"__array__": name}
-    if isinstance(value, np.generic):   # a NumPy scalar keeps its dtype: np.float32(0.1) is not 0.1
-        if value.dtype.kind not in "biuf": raise TypeError(f"cannot save {path}: NumPy scalar of dtype {value.dtype}")
+    if isinstance(
+        value, np.generic
+    ):  # a NumPy scalar keeps its dtype: np.float32(0.1) is not 0.1
+        if value.dtype.kind not in "biuf":
+            raise TypeError(
+                f"cannot save {path}: NumPy scalar of dtype {value.dtype}"
+            )
         return {"__scalar__": value.dtype.str, "value": value.item()}
-    if value is None or type(value) in (bool, int, float, str): return value
-    if isinstance(value, tuple): return {"__tuple__": [_encode(v, f"{path}/{i}", arrays) for i, v in enumerate(value)]}
-    if isinstance(value, list): return [_encode(v, f"{path}/{i}", arrays) for i, v in enumerate(value)]
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, tuple):
+        return {
+            "__tuple__": [
+                _encode(v, f"{path}/{i}", arrays) for i, v in enumerate(value)
+            ]
+        }
+    if isinstance(value, list):
+        return [_encode(v, f"{path}/{i}", arrays) for i, v in enumerate(value)]
     if isinstance(value, dict):
         if all(type(k) is str and not k.startswith("__") for k in value):
-            return {k: _encode(v, f"{path}/{k}", arrays) for k, v in value.items()}
-        return {"__dict__": [[_encode(k, f"{path}/key", {}), _encode(v, f"{path}/{k}", arrays)] for k, v in value.items()]}
-    raise TypeError(f"cannot save {path}: a {_qualname(value)} is not plain data (numbers, strings, lists, dicts, arrays)")
+            return {
+                k: _encode(v, f"{path}/{k}", arrays) for k, v in value.items()
+            }
+        return {
+            "__dict__": [
+                [
+                    _encode(k, f"{path}/key", {}),
+                    _encode(v, f"{path}/{k}", arrays),
+                ]
+                for k, v in value.items()
+            ]
+        }
+    raise TypeError(
+        f"cannot save {path}: a {_qualname(value)} is not plain data (numbers, strings, lists, dicts, arrays)"
+    )
 
-def _decode(value, arrays:dict):
+
+def _decode(value, arrays: dict):
     "Inverse of `_encode`: rebuild tuples, NumPy scalars, non-string keys, and put the arrays back."
-    if isinstance(value, list): return [_decode(v, arrays) for v in value]
-    if not isinstance(value, dict): return value
-    if "__array__" in value: return arrays[value["__array__"]]
-    if "__scalar__" in value: return np.dtype(value["__scalar__"]).type(value["value"])
-    if "__tuple__" in value: return tuple(_decode(v, arrays) for v in value["__tuple__"])
-    if "__dict__" in value: return {_decode(k, arrays): _decode(v, arrays) for k, v in value["__dict__"]}
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__array__" in value:
+        return arrays[value["__array__"]]
+    if "__scalar__" in value:
+        return np.dtype(value["__scalar__"]).type(value["value"])
+    if "__tuple__" in value:
+        return tuple(_decode(v, arrays) for v in value["__tuple__"])
+    if "__dict__" in value:
+        return {
+            _decode(k, arrays): _decode(v, arrays)
+            for k, v in value["__dict__"]
+        }
     return {k: _decode(v, arrays) for k, v in value.items()}
 
 # %% ../nbs/13b_checkpoint.ipynb #21b6edfc
-def _checksum(meta:dict, arrays:dict) -> str:
+def _checksum(meta: dict, arrays: dict) -> str:
     "SHA-256 of the description (without its checksum) and of every array's name, dtype, shape and bytes."
-    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            {k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True
+        ).encode()
+    )
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}|{a.dtype.str}|{a.shape}".encode()); h.update(a.tobytes())
+        h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
+        h.update(a.tobytes())
     return h.hexdigest()
 
 # %% ../nbs/13b_checkpoint.ipynb #5b6eeb1a
-def _write_member(zf:zipfile.ZipFile, name:str, array:np.ndarray):
+def _write_member(zf: zipfile.ZipFile, name: str, array: np.ndarray):
     "One array as `name.npy` inside the zip, in NumPy's format, refusing object arrays."
     with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
-        np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+        np.lib.format.write_array(
+            member, np.asanyarray(array), allow_pickle=False
+        )
 
-def _write_npz(file, meta:dict, arrays:dict):
+
+def _write_npz(file, meta: dict, arrays: dict):
     "An `.npz` archive: the JSON description as a uint8 array, then the arrays."
     text = json.dumps(meta, allow_nan=True).encode()
-    with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    with zipfile.ZipFile(
+        file, "w", compression=zipfile.ZIP_STORED, allowZip64=True
+    ) as zf:
         _write_member(zf, META, np.frombuffer(text, dtype=np.uint8))
-        for name, array in arrays.items(): _write_member(zf, name, array)
+        for name, array in arrays.items():
+            _write_member(zf, name, array)
 
-def _fsync_directory(directory:str):
+
+def _fsync_directory(directory: str):
     "Make the rename itself durable (POSIX); a no-op where directories cannot be opened."
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 # %% ../nbs/13b_checkpoint.ipynb #0915c82b
-def atomic_write(path, # the file to (re)place
-                 write, # `write(file)` writes the whole content into an open binary file
-                ):
+def atomic_write(
+    path,  # the file to (re)place
+    write,  # `write(file)` writes the whole content into an open binary file
+):
     "Write `path` all at once: into a temporary file beside it, flushed to disk, then renamed over `path`."
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)            # atomic: readers see the old file or the new one, never half of one
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(
+            tmp, path
+        )  # atomic: readers see the old file or the new one, never half of one
     except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
     _fsync_directory(directory)
 
 # %% ../nbs/13b_checkpoint.ipynb #1941e1bc
-def save_checkpoint(path, # where to write the `.npz` (replaced atomically)
-                    model, # anything with `state_dict()` (names -> arrays) and `load_state_dict()`
-                    optimizer, # an `Optimizer`
-                    scheduler=None, # an lr scheduler, or None
-                    extra:dict|None=None, # plain data to keep with it: epoch, step, `loader.state_dict()`, ...
-                   ):
+def save_checkpoint(
+    path,  # where to write the `.npz` (replaced atomically)
+    model,  # anything with `state_dict()` (names -> arrays) and `load_state_dict()`
+    optimizer,  # an `Optimizer`
+    scheduler=None,  # an lr scheduler, or None
+    extra: dict
+    | None = None,  # plain data to keep with it: epoch, step, `loader.state_dict()`, ...
+):
     "Save model, optimizer, scheduler and `extra` in one `.npz`: arrays as arrays, the rest as JSON, no pickle."
     arrays = {}
-    meta = {"format": FORMAT, "version": VERSION,
-            "model": {"class": _qualname(model), "state_dict": _encode(dict(model.state_dict()), "model", arrays)},
-            "optimizer": {"class": _qualname(optimizer), "state_dict": _encode(optimizer.state_dict(), "optimizer", arrays)},
-            "scheduler": None if scheduler is None else
-                         {"class": _qualname(scheduler), "state_dict": _encode(scheduler.state_dict(), "scheduler", arrays)},
-            "extra": _encode(extra, "extra", arrays)}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {
+            "class": _qualname(model),
+            "state_dict": _encode(dict(model.state_dict()), "model", arrays),
+        },
+        "optimizer": {
+            "class": _qualname(optimizer),
+            "state_dict": _encode(optimizer.state_dict(), "optimizer", arrays),
+        },
+        "scheduler": None
+        if scheduler is None
+        else {
+            "class": _qualname(scheduler),
+            "state_dict": _encode(scheduler.state_dict(), "scheduler", arrays),
+        },
+        "extra": _encode(extra, "extra", arrays),
+    }
     arrays = {name: np.asarray(a) for name, a in arrays.items()}
-    meta["arrays"] = {name: {"dtype": a.dtype.str, "shape": list(a.shape)} for name, a in arrays.items()}
+    meta["arrays"] = {
+        name: {"dtype": a.dtype.str, "shape": list(a.shape)}
+        for name, a in arrays.items()
+    }
     meta["sha256"] = _checksum(meta, arrays)
     atomic_write(path, lambda f: _write_npz(f, meta, arrays))
 
 # %% ../nbs/13b_checkpoint.ipynb #35ea144a
-def _unreadable(path, why): return ValueError(f"{os.fspath(path)} is not a readable minima checkpoint: {why}")
+def _unreadable(path, why):
+    return ValueError(
+        f"{os.fspath(path)} is not a readable minima checkpoint: {why}"
+    )
+
 
 def _read_npz(path):
     "The description and the arrays of a checkpoint file, checked member by member, without pickle."
     try:
         with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile): raise _unreadable(path, "a single array, not an .npz archive")
-            if META not in f.files: raise _unreadable(path, f"no {META!r} member")
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise _unreadable(path, "a single array, not an .npz archive")
+            if META not in f.files:
+                raise _unreadable(path, f"no {META!r} member")
             meta = json.loads(f[META].tobytes().decode())
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("arrays"), dict):
+            if (
+                not isinstance(meta, dict)
+                or meta.get("format") != FORMAT
+                or not isinstance(meta.get("arrays"), dict)
+            ):
                 raise _unreadable(path, "not written by save_checkpoint")
             if meta.get("version") != VERSION:
-                raise _unreadable(path, f"format version {meta.get('version')!r}; this minima reads version {VERSION}")
+                raise _unreadable(
+                    path,
+                    f"format version {meta.get('version')!r}; this minima reads version {VERSION}",
+                )
             listed, present = set(meta["arrays"]), set(f.files) - {META}
             if listed != present:
-                raise _unreadable(path, f"missing members {sorted(listed - present)}, unexpected {sorted(present - listed)}")
+                raise _unreadable(
+                    path,
+                    f"missing members {sorted(listed - present)}, unexpected {sorted(present - listed)}",
+                )
             arrays = {name: f[name] for name in sorted(listed)}
-    except (FileNotFoundError, IsADirectoryError, PermissionError): raise
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
     except ValueError as e:
-        if str(e).startswith(f"{os.fspath(path)} is not"): raise
+        if str(e).startswith(f"{os.fspath(path)} is not"):
+            raise
         raise _unreadable(path, f"truncated or corrupted ({e})") from e
-    except Exception as e: raise _unreadable(path, f"truncated or corrupted ({type(e).__name__}: {e})") from e
+    except Exception as e:
+        raise _unreadable(
+            path, f"truncated or corrupted ({type(e).__name__}: {e})"
+        ) from e
     for name, a in arrays.items():
         want = meta["arrays"][name]
         if a.dtype.str != want["dtype"] or list(a.shape) != want["shape"]:
-            raise _unreadable(path, f"array {name!r} is {a.dtype.str}{list(a.shape)}, listed as {want['dtype']}{want['shape']}")
-    if meta.get("sha256") != _checksum(meta, arrays): raise _unreadable(path, "checksum mismatch (corrupted)")
+            raise _unreadable(
+                path,
+                f"array {name!r} is {a.dtype.str}{list(a.shape)}, listed as {want['dtype']}{want['shape']}",
+            )
+    if meta.get("sha256") != _checksum(meta, arrays):
+        raise _unreadable(path, "checksum mismatch (corrupted)")
     return meta, arrays
 
 # %% ../nbs/13b_checkpoint.ipynb #b3f6ee71
-def _check_model(model, saved:dict):
+def _check_model(model, saved: dict):
     "The saved model state has exactly the model's names, shapes and dtypes."
     current = {k: np.asarray(v) for k, v in model.state_dict().items()}
-    missing, unexpected = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+    missing, unexpected = (
+        sorted(set(current) - set(saved)),
+        sorted(set(saved) - set(current)),
+    )
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the model: missing keys {missing}, unexpected keys {unexpected}")
+        raise ValueError(
+            f"checkpoint does not match the model: missing keys {missing}, unexpected keys {unexpected}"
+        )
     for name, a in current.items():
         s = np.asarray(saved[name])
-        if s.shape != a.shape: raise ValueError(f"checkpoint does not match the model: {name!r} has shape {s.shape} in the checkpoint, {a.shape} in the model")
-        if s.dtype != a.dtype: raise ValueError(f"checkpoint does not match the model: {name!r} has dtype {s.dtype} in the checkpoint, {a.dtype} in the model")
+        if s.shape != a.shape:
+            raise ValueError(
+                f"checkpoint does not match the model: {name!r} has shape {s.shape} in the checkpoint, {a.shape} in the model"
+            )
+        if s.dtype != a.dtype:
+            raise ValueError(
+                f"checkpoint does not match the model: {name!r} has dtype {s.dtype} in the checkpoint, {a.dtype} in the model"
+            )
+
 
 def _check_class(what, obj, saved_class):
     if saved_class != _qualname(obj):
-        raise ValueError(f"checkpoint holds the {what} state of a {saved_class}, not of a {_qualname(obj)}")
+        raise ValueError(
+            f"checkpoint holds the {what} state of a {saved_class}, not of a {_qualname(obj)}"
+        )
 
-def _check_optimizer(optimizer, saved:dict):
+
+def _check_optimizer(optimizer, saved: dict):
     "Same groups, group sizes, hyper-parameter names, and state arrays shaped like their parameters."
     groups, saved_groups = optimizer.param_groups, saved["param_groups"]
     if len(groups) != len(saved_groups):
-        raise ValueError(f"checkpoint has {len(saved_groups)} parameter groups, the optimizer {len(groups)}")
+        raise ValueError(
+            f"checkpoint has {len(saved_groups)} parameter groups, the optimizer {len(groups)}"
+        )
     params = []
     for i, (g, s) in enumerate(zip(groups, saved_groups)):
         if len(g["params"]) != len(s["params"]):
-            raise ValueError(f"parameter group {i} has {len(s['params'])} parameters in the checkpoint, {len(g['params'])} in the optimizer")
+            raise ValueError(
+                f"parameter group {i} has {len(s['params'])} parameters in the checkpoint, {len(g['params'])} in the optimizer"
+            )
         live, kept = set(g) - {"params"}, set(s) - {"params"}
         if live != kept:
-            raise ValueError(f"parameter group {i}: hyper-parameters {sorted(kept - live)} only in the checkpoint, "
-                             f"{sorted(live - kept)} only in the optimizer")
+            raise ValueError(
+                f"parameter group {i}: hyper-parameters {sorted(kept - live)} only in the checkpoint, "
+                f"{sorted(live - kept)} only in the optimizer"
+            )
         params += list(zip(s["params"], g["params"]))
     by_index = dict(params)
     for idx, state in saved["state"].items():
-        if idx not in by_index: raise ValueError(f"checkpoint has optimizer state for parameter {idx!r}, which the optimizer does not have")
+        if idx not in by_index:
+            raise ValueError(
+                f"checkpoint has optimizer state for parameter {idx!r}, which the optimizer does not have"
+            )
         shape = by_index[idx].data.shape
         for key, v in state.items():
-            if isinstance(v, np.ndarray) and v.ndim == len(shape) and v.ndim > 0 and v.shape != shape:
-                raise ValueError(f"optimizer state {key!r} of parameter {idx} has shape {v.shape}, the parameter {shape}")
+            if (
+                isinstance(v, np.ndarray)
+                and v.ndim == len(shape)
+                and v.ndim > 0
+                and v.shape != shape
+            ):
+                raise ValueError(
+                    f"optimizer state {key!r} of parameter {idx} has shape {v.shape}, the parameter {shape}"
+                )
+
 
 def _same_layout(saved, live, where="scheduler"):
     "Dicts with the same keys all the way down (the layout of a scheduler's state)."
     if isinstance(saved, dict) and isinstance(live, dict):
         if set(saved) != set(live):
-            raise ValueError(f"{where}: keys {sorted(set(saved) - set(live))} only in the checkpoint, "
-                             f"{sorted(set(live) - set(saved))} only in the live object")
-        for k in saved: _same_layout(saved[k], live[k], f"{where}.{k}")
-    elif isinstance(saved, list) and isinstance(live, list) and any(isinstance(x, dict) for x in live):
-        if len(saved) != len(live): raise ValueError(f"{where}: {len(saved)} entries in the checkpoint, {len(live)} in the live object")
-        for i, (s, l) in enumerate(zip(saved, live)): _same_layout(s, l, f"{where}[{i}]")
+            raise ValueError(
+                f"{where}: keys {sorted(set(saved) - set(live))} only in the checkpoint, "
+                f"{sorted(set(live) - set(saved))} only in the live object"
+            )
+        for k in saved:
+            _same_layout(saved[k], live[k], f"{where}.{k}")
+    elif (
+        isinstance(saved, list)
+        and isinstance(live, list)
+        and any(isinstance(x, dict) for x in live)
+    ):
+        if len(saved) != len(live):
+            raise ValueError(
+                f"{where}: {len(saved)} entries in the checkpoint, {len(live)} in the live object"
+            )
+        for i, (s, l) in enumerate(zip(saved, live)):
+            _same_layout(s, l, f"{where}[{i}]")
 
 # %% ../nbs/13b_checkpoint.ipynb #698644b9
-def load_checkpoint(path, # a file written by `save_checkpoint`
-                    model, # the model to restore (same architecture)
-                    optimizer, # the optimizer to restore (same class, groups and hyper-parameter names)
-                    scheduler=None, # the scheduler to restore, if one was saved
-                   ):
+def load_checkpoint(
+    path,  # a file written by `save_checkpoint`
+    model,  # the model to restore (same architecture)
+    optimizer,  # the optimizer to restore (same class, groups and hyper-parameter names)
+    scheduler=None,  # the scheduler to restore, if one was saved
+):
     "Restore what `save_checkpoint` saved, after checking all of it; returns the `extra` data."
     meta, arrays = _read_npz(path)
     model_sd = _decode(meta["model"]["state_dict"], arrays)
     optim_sd = _decode(meta["optimizer"]["state_dict"], arrays)
     if (scheduler is None) != (meta["scheduler"] is None):
-        raise ValueError("checkpoint has a scheduler state but no scheduler was given" if scheduler is None
-                         else "a scheduler was given but the checkpoint has no scheduler state")
+        raise ValueError(
+            "checkpoint has a scheduler state but no scheduler was given"
+            if scheduler is None
+            else "a scheduler was given but the checkpoint has no scheduler state"
+        )
     _check_model(model, model_sd)
     _check_class("optimizer", optimizer, meta["optimizer"]["class"])
     _check_optimizer(optimizer, optim_sd)
     if scheduler is not None:
-        if getattr(scheduler, "optimizer", optimizer) is not optimizer: raise ValueError("the scheduler drives another optimizer")
+        if getattr(scheduler, "optimizer", optimizer) is not optimizer:
+            raise ValueError("the scheduler drives another optimizer")
         _check_class("scheduler", scheduler, meta["scheduler"]["class"])
         sched_sd = _decode(meta["scheduler"]["state_dict"], arrays)
         _same_layout(sched_sd, scheduler.state_dict())
     # everything checked: now copy, putting the old state back should a `load_state_dict` still fail
-    backup = (model.state_dict(), optimizer.state_dict(), None if scheduler is None else scheduler.state_dict())
+    backup = (
+        model.state_dict(),
+        optimizer.state_dict(),
+        None if scheduler is None else scheduler.state_dict(),
+    )
     try:
         model.load_state_dict(model_sd)
         optimizer.load_state_dict(optim_sd)
-        if scheduler is not None: scheduler.load_state_dict(sched_sd)
+        if scheduler is not None:
+            scheduler.load_state_dict(sched_sd)
     except BaseException:
-        model.load_state_dict(backup[0]); optimizer.load_state_dict(backup[1])
-        if scheduler is not None: scheduler.load_state_dict(backup[2])
+        model.load_state_dict(backup[0])
+        optimizer.load_state_dict(backup[1])
+        if scheduler is not None:
+            scheduler.load_state_dict(backup[2])
         raise
     return _decode(meta["extra"], arrays)

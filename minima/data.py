@@ -13,76 +13,130 @@ __all__ = ['Dataset', 'TensorDataset', 'default_collate', 'DataLoader']
 # %% ../nbs/13_data.ipynb #2e103faa
 class Dataset:
     "A data set: `len(ds)` examples, `ds[i]` the i-th one (subclasses implement both)."
+
     def __len__(self):
-        raise NotImplementedError(f"{type(self).__name__} must implement __len__")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement __len__"
+        )
 
     def __getitem__(self, index):
-        raise NotImplementedError(f"{type(self).__name__} must implement __getitem__")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement __getitem__"
+        )
 
 # %% ../nbs/13_data.ipynb #54daee54
 class TensorDataset(Dataset):
     "Arrays sharing their first dimension: item `i` is the tuple of their `i`-th rows."
-    def __init__(self,
-                 *arrays, # arrays (or array-likes) with the same length along their first axis
-                ):
-        if not arrays: raise ValueError("TensorDataset needs at least one array")
+
+    def __init__(
+        self,
+        *arrays,  # arrays (or array-likes) with the same length along their first axis
+    ):
+        if not arrays:
+            raise ValueError("TensorDataset needs at least one array")
         arrays = tuple(np.asarray(a) for a in arrays)
         if any(a.ndim == 0 for a in arrays):
-            raise ValueError(f"TensorDataset needs arrays with a first dimension, got shapes {[a.shape for a in arrays]}")
+            raise ValueError(
+                f"TensorDataset needs arrays with a first dimension, got shapes {[a.shape for a in arrays]}"
+            )
         lengths = [len(a) for a in arrays]
-        if len(set(lengths)) > 1: raise ValueError(f"Size mismatch between arrays: first dimensions are {lengths}")
+        if len(set(lengths)) > 1:
+            raise ValueError(
+                f"Size mismatch between arrays: first dimensions are {lengths}"
+            )
         self.arrays = arrays
 
-    def __len__(self): return len(self.arrays[0])
+    def __len__(self):
+        return len(self.arrays[0])
 
-    def __getitem__(self, index): return tuple(a[index] for a in self.arrays)
+    def __getitem__(self, index):
+        return tuple(a[index] for a in self.arrays)
 
 # %% ../nbs/13_data.ipynb #f8d99825
-def default_collate(items:list # the items of one batch, as the dataset returns them
-                   ):
+def default_collate(
+    items: list,  # the items of one batch, as the dataset returns them
+):
     "Stack a list of items into one batch: tuples and lists field by field, dicts key by key, the rest with `np.stack`."
     first = items[0]
-    if isinstance(first, (tuple, list)): return tuple(default_collate(list(field)) for field in zip(*items))
-    if isinstance(first, dict): return {k: default_collate([item[k] for item in items]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return tuple(default_collate(list(field)) for field in zip(*items))
+    if isinstance(first, dict):
+        return {k: default_collate([item[k] for item in items]) for k in first}
     return np.stack([np.asarray(item) for item in items])
 
 # %% ../nbs/13_data.ipynb #182dc800
 def _check_flag(name, value):
-    if not isinstance(value, bool): raise TypeError(f"{name} should be a boolean value, but got {name}={value!r}")
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"{name} should be a boolean value, but got {name}={value!r}"
+        )
+
 
 def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size should be a positive integer value, but got batch_size={batch_size!r}")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size <= 0
+    ):
+        raise ValueError(
+            f"batch_size should be a positive integer value, but got batch_size={batch_size!r}"
+        )
 
 # %% ../nbs/13_data.ipynb #f6dbe982
 class DataLoader:
     "Iterate over `dataset` in batches of NumPy arrays, reshuffled every epoch when `shuffle` is set."
-    def __init__(self,
-                 dataset, # a `Dataset`: `len(dataset)` and `dataset[i]`
-                 batch_size:int=1, # examples per batch
-                 shuffle:bool=False, # draw a new random order every epoch
-                 drop_last:bool=False, # drop the last batch when it is smaller than `batch_size`
-                 seed:int|None=None, # seed of the shuffling generator (None: fresh entropy)
-                 generator:np.random.Generator|None=None, # or the generator itself (not with `seed`)
-                 collate_fn=None, # stacks a list of items into a batch; `default_collate` if None
-                ):
+
+    def __init__(
+        self,
+        dataset,  # a `Dataset`: `len(dataset)` and `dataset[i]`
+        batch_size: int = 1,  # examples per batch
+        shuffle: bool = False,  # draw a new random order every epoch
+        drop_last: bool = False,  # drop the last batch when it is smaller than `batch_size`
+        seed: int
+        | None = None,  # seed of the shuffling generator (None: fresh entropy)
+        generator: np.random.Generator
+        | None = None,  # or the generator itself (not with `seed`)
+        collate_fn=None,  # stacks a list of items into a batch; `default_collate` if None
+    ):
         _check_batch_size(batch_size)
-        _check_flag("shuffle", shuffle); _check_flag("drop_last", drop_last)
-        if generator is not None and seed is not None: raise ValueError("pass either seed or generator, not both")
-        if generator is not None and not isinstance(generator, np.random.Generator):
-            raise TypeError(f"generator must be a numpy.random.Generator, got {type(generator).__name__}")
-        self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, int(batch_size), shuffle, drop_last
-        self.generator = generator if generator is not None else np.random.default_rng(seed)
+        _check_flag("shuffle", shuffle)
+        _check_flag("drop_last", drop_last)
+        if generator is not None and seed is not None:
+            raise ValueError("pass either seed or generator, not both")
+        if generator is not None and not isinstance(
+            generator, np.random.Generator
+        ):
+            raise TypeError(
+                f"generator must be a numpy.random.Generator, got {type(generator).__name__}"
+            )
+        self.dataset, self.batch_size, self.shuffle, self.drop_last = (
+            dataset,
+            int(batch_size),
+            shuffle,
+            drop_last,
+        )
+        self.generator = (
+            generator if generator is not None else np.random.default_rng(seed)
+        )
         self.collate_fn = collate_fn or default_collate
-        self._epoch_start, self._done, self._skip = None, 0, 0   # where the current epoch started and stands
+        self._epoch_start, self._done, self._skip = (
+            None,
+            0,
+            0,
+        )  # where the current epoch started and stands
 
     def __len__(self):
         "Batches per epoch."
         n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return (
+            n // self.batch_size
+            if self.drop_last
+            else math.ceil(n / self.batch_size)
+        )
 
     def _batch(self, idx):
-        if isinstance(self.dataset, TensorDataset): return tuple(a[idx] for a in self.dataset.arrays)  # fast path
+        if isinstance(self.dataset, TensorDataset):
+            return tuple(a[idx] for a in self.dataset.arrays)  # fast path
         return self.collate_fn([self.dataset[int(i)] for i in idx])
 
     def __iter__(self):
@@ -95,7 +149,9 @@ class DataLoader:
 
     def _batches(self, order, first):
         for k in range(first, len(self)):
-            batch = self._batch(order[k * self.batch_size:(k + 1) * self.batch_size])
+            batch = self._batch(
+                order[k * self.batch_size : (k + 1) * self.batch_size]
+            )
             self._done = k + 1
             yield batch
         self._epoch_start = None
@@ -103,20 +159,38 @@ class DataLoader:
     def state_dict(self) -> dict:
         "Where the loader stands, as plain data: the generator state at the start of the epoch and the batches done."
         if self._epoch_start is not None and self._done < len(self):
-            return {"generator": copy.deepcopy(self._epoch_start), "batches_done": self._done}
-        return {"generator": copy.deepcopy(self.generator.bit_generator.state), "batches_done": 0}
+            return {
+                "generator": copy.deepcopy(self._epoch_start),
+                "batches_done": self._done,
+            }
+        return {
+            "generator": copy.deepcopy(self.generator.bit_generator.state),
+            "batches_done": 0,
+        }
 
-    def load_state_dict(self,
-                        state_dict:dict, # as returned by `state_dict()`
-                       ):
+    def load_state_dict(
+        self,
+        state_dict: dict,  # as returned by `state_dict()`
+    ):
         "Make the next epoch repeat the saved one's order and skip the batches it had done."
-        if not isinstance(state_dict, dict) or set(state_dict) != {"generator", "batches_done"}:
-            raise ValueError(f"a DataLoader state_dict has the keys ['batches_done', 'generator'], got {state_dict!r}")
+        if not isinstance(state_dict, dict) or set(state_dict) != {
+            "generator",
+            "batches_done",
+        }:
+            raise ValueError(
+                f"a DataLoader state_dict has the keys ['batches_done', 'generator'], got {state_dict!r}"
+            )
         done, state = state_dict["batches_done"], state_dict["generator"]
-        if not isinstance(done, (int, np.integer)) or not 0 <= done < max(len(self), 1):
-            raise ValueError(f"batches_done must be an integer in [0, {len(self)}), got {done!r}")
+        if not isinstance(done, (int, np.integer)) or not 0 <= done < max(
+            len(self), 1
+        ):
+            raise ValueError(
+                f"batches_done must be an integer in [0, {len(self)}), got {done!r}"
+            )
         name = self.generator.bit_generator.state["bit_generator"]
         if not isinstance(state, dict) or state.get("bit_generator") != name:
-            raise ValueError(f"the saved generator state is not a {name} state")
+            raise ValueError(
+                f"the saved generator state is not a {name} state"
+            )
         self.generator.bit_generator.state = copy.deepcopy(state)
         self._epoch_start, self._done, self._skip = None, 0, int(done)

@@ -11,17 +11,21 @@ from dataclasses import dataclass
 import numpy as np
 
 # %% ../nbs/10b_lr_finder.ipynb #d497d77d
-def exponential_lrs(start_lr:float, # the first learning rate
-                    end_lr:float, # the last learning rate
-                    num_iter:int, # how many learning rates
-                   )->np.ndarray:
+def exponential_lrs(
+    start_lr: float,  # the first learning rate
+    end_lr: float,  # the last learning rate
+    num_iter: int,  # how many learning rates
+) -> np.ndarray:
     "`num_iter` learning rates from `start_lr` to `end_lr`, equally spaced on a log scale."
-    return start_lr * (end_lr / start_lr) ** (np.arange(num_iter) / (num_iter - 1))
+    return start_lr * (end_lr / start_lr) ** (
+        np.arange(num_iter) / (num_iter - 1)
+    )
 
 # %% ../nbs/10b_lr_finder.ipynb #b8f9648f
-def smooth_losses(losses, # the raw losses, in order
-                  beta:float=0.98, # weight of the past in the moving average
-                 )->np.ndarray:
+def smooth_losses(
+    losses,  # the raw losses, in order
+    beta: float = 0.98,  # weight of the past in the moving average
+) -> np.ndarray:
     "Bias-corrected exponential moving average of `losses`: `avg / (1 - beta**(i+1))`."
     avg, out = 0.0, []
     for i, loss in enumerate(losses):
@@ -41,37 +45,81 @@ def _loss_axis_limits(losses, smoothed):
 @dataclass
 class LRFinderResult:
     "What `lr_find` measured: the swept learning rates, the raw and smoothed losses, and the suggestion."
-    lrs:np.ndarray # learning rate of each step
-    losses:np.ndarray # loss on the next batch after the step with `lrs[i]`
-    smoothed:np.ndarray # bias-corrected moving average of `losses`
-    diverged:bool # True when the sweep stopped early because the loss blew up
-    lr_at_min:float # the learning rate at the minimum of `smoothed`
-    suggestion:float # the suggested learning rate: `lr_at_min / 10`
 
-    def plot(self, ax=None, # matplotlib axes to draw on (new figure when None)
-             show_raw:bool=True, # draw the raw losses too
-            ):
+    lrs: np.ndarray  # learning rate of each step
+    losses: np.ndarray  # loss on the next batch after the step with `lrs[i]`
+    smoothed: np.ndarray  # bias-corrected moving average of `losses`
+    diverged: (
+        bool  # True when the sweep stopped early because the loss blew up
+    )
+    lr_at_min: float  # the learning rate at the minimum of `smoothed`
+    suggestion: float  # the suggested learning rate: `lr_at_min / 10`
+
+    def plot(
+        self,
+        ax=None,  # matplotlib axes to draw on (new figure when None)
+        show_raw: bool = True,  # draw the raw losses too
+    ):
         "Loss against learning rate on a log axis, with the minimum and the suggestion marked; returns the axes."
         import matplotlib.pyplot as plt
-        if ax is None: _, ax = plt.subplots(figsize=(6.5, 4))
-        if show_raw: ax.plot(self.lrs, self.losses, color='grey', alpha=0.4, lw=1, label='loss')
-        ax.plot(self.lrs, self.smoothed, color='C0', lw=2, label='smoothed loss')
-        ax.axvline(self.lr_at_min, color='grey', ls=':', label=f'minimum of the smoothed loss: {self.lr_at_min:.2g}')
-        ax.axvline(self.suggestion, color='C3', ls='--', label=f'suggestion (minimum / 10): {self.suggestion:.2g}')
-        ax.set_xscale('log')
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6.5, 4))
+        if show_raw:
+            ax.plot(
+                self.lrs,
+                self.losses,
+                color="grey",
+                alpha=0.4,
+                lw=1,
+                label="loss",
+            )
+        ax.plot(
+            self.lrs, self.smoothed, color="C0", lw=2, label="smoothed loss"
+        )
+        ax.axvline(
+            self.lr_at_min,
+            color="grey",
+            ls=":",
+            label=f"minimum of the smoothed loss: {self.lr_at_min:.2g}",
+        )
+        ax.axvline(
+            self.suggestion,
+            color="C3",
+            ls="--",
+            label=f"suggestion (minimum / 10): {self.suggestion:.2g}",
+        )
+        ax.set_xscale("log")
         ax.set_ylim(*_loss_axis_limits(self.losses, self.smoothed))
-        ax.set(xlabel='learning rate (log scale)', ylabel='loss', title='Learning-rate finder')
+        ax.set(
+            xlabel="learning rate (log scale)",
+            ylabel="loss",
+            title="Learning-rate finder",
+        )
         ax.legend(fontsize=8)
         return ax
 
 # %% ../nbs/10b_lr_finder.ipynb #fb693723
 def _check_sweep_args(start_lr, end_lr, num_iter, beta, diverge_factor):
-    if not 0.0 < start_lr: raise ValueError(f"Invalid start_lr: {start_lr} (must be positive)")
-    if not start_lr < end_lr: raise ValueError(f"Invalid end_lr: {end_lr} (must be larger than start_lr={start_lr})")
-    if isinstance(num_iter, bool) or not isinstance(num_iter, (int, np.integer)) or num_iter < 2:
+    if not 0.0 < start_lr:
+        raise ValueError(f"Invalid start_lr: {start_lr} (must be positive)")
+    if not start_lr < end_lr:
+        raise ValueError(
+            f"Invalid end_lr: {end_lr} (must be larger than start_lr={start_lr})"
+        )
+    if (
+        isinstance(num_iter, bool)
+        or not isinstance(num_iter, (int, np.integer))
+        or num_iter < 2
+    ):
         raise ValueError(f"Invalid num_iter: {num_iter!r} (an integer >= 2)")
-    if not 0.0 <= beta < 1.0: raise ValueError(f"Invalid beta: {beta} (must be in [0, 1))")
-    if not diverge_factor > 1.0: raise ValueError(f"Invalid diverge_factor: {diverge_factor} (must be > 1)")
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"Invalid beta: {beta} (must be in [0, 1))")
+    if not diverge_factor > 1.0:
+        raise ValueError(
+            f"Invalid diverge_factor: {diverge_factor} (must be > 1)"
+        )
+
 
 def _batch_cycle(batches):
     "Yield from `batches` forever, iterating it again each time it ends."
@@ -81,25 +129,39 @@ def _batch_cycle(batches):
             count += 1
             yield batch
         if count == 0:
-            raise ValueError("batches ran out: pass a non-empty re-iterable (a list, a DataLoader), not a used-up iterator")
+            raise ValueError(
+                "batches ran out: pass a non-empty re-iterable (a list, a DataLoader), not a used-up iterator"
+            )
 
-def _is_optimizer(obj): return hasattr(obj, 'param_groups') and hasattr(obj, 'state_dict')
+
+def _is_optimizer(obj):
+    return hasattr(obj, "param_groups") and hasattr(obj, "state_dict")
 
 # %% ../nbs/10b_lr_finder.ipynb #d05d6da3
 class _Snapshot:
     "Copies of the parameters' data and gradients (and an optimizer's state), put back in place by `restore`."
+
     def __init__(self, params, optimizer=None):
         self.params = params
         self.data = [p.data.copy() for p in params]
-        self.grads = [None if p.grad is None else p.grad.copy() for p in params]
+        self.grads = [
+            None if p.grad is None else p.grad.copy() for p in params
+        ]
         self.optimizer = optimizer
-        self.opt_state = None if optimizer is None else copy.deepcopy(optimizer.state_dict())
+        self.opt_state = (
+            None
+            if optimizer is None
+            else copy.deepcopy(optimizer.state_dict())
+        )
 
     def restore(self):
         for p, data, grad in zip(self.params, self.data, self.grads):
-            np.copyto(p.data, data)   # in place: parameters may be views into a shared buffer
+            np.copyto(
+                p.data, data
+            )  # in place: parameters may be views into a shared buffer
             p.grad = None if grad is None else grad.copy()
-        if self.optimizer is not None: self.optimizer.load_state_dict(self.opt_state)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(self.opt_state)
 
 # %% ../nbs/10b_lr_finder.ipynb #d5872c2b
 def _loss_and_grads(model, loss_fn, optimizer, batch):
@@ -110,34 +172,44 @@ def _loss_and_grads(model, loss_fn, optimizer, batch):
     loss.backward()
     return float(loss.item())
 
-def _sweep(model, loss_fn, batch_iter, optimizer, schedule, beta, diverge_factor):
+
+def _sweep(
+    model, loss_fn, batch_iter, optimizer, schedule, beta, diverge_factor
+):
     "Step with each learning rate of `schedule`; stop early when the smoothed loss blows up or is not finite."
     lrs, losses = [], []
     avg, best = 0.0, math.inf
     _loss_and_grads(model, loss_fn, optimizer, next(batch_iter))
     for i, lr in enumerate(schedule):
-        for group in optimizer.param_groups: group['lr'] = float(lr)
+        for group in optimizer.param_groups:
+            group["lr"] = float(lr)
         optimizer.step()
-        loss = _loss_and_grads(model, loss_fn, optimizer, next(batch_iter))   # measures the step just taken
-        if not math.isfinite(loss): return lrs, losses, True
-        lrs.append(float(lr)); losses.append(loss)
+        loss = _loss_and_grads(
+            model, loss_fn, optimizer, next(batch_iter)
+        )  # measures the step just taken
+        if not math.isfinite(loss):
+            return lrs, losses, True
+        lrs.append(float(lr))
+        losses.append(loss)
         avg = beta * avg + (1 - beta) * loss
         smoothed = avg / (1 - beta ** (i + 1))
         best = min(best, smoothed)
-        if smoothed > diverge_factor * best: return lrs, losses, True
+        if smoothed > diverge_factor * best:
+            return lrs, losses, True
     return lrs, losses, False
 
 # %% ../nbs/10b_lr_finder.ipynb #75d43e1a
-def lr_find(model, # callable with `.parameters()`: its parameters are trained, then restored
-            loss_fn, # `loss_fn(model(x), y)` returns a scalar Tensor
-            batches, # a re-iterable of `(x, y)` mini-batches (a list, a DataLoader), cycled as needed
-            make_optimizer, # `make_optimizer(params)` returns a fresh optimizer, or an existing optimizer
-            start_lr:float=1e-7, # the first learning rate of the sweep
-            end_lr:float=10.0, # the last learning rate of the sweep
-            num_iter:int=100, # number of steps (and learning rates) in the sweep
-            beta:float=0.98, # smoothing of the losses (weight of the past in the moving average)
-            diverge_factor:float=4.0, # stop when the smoothed loss exceeds this times its minimum so far
-           )->LRFinderResult:
+def lr_find(
+    model,  # callable with `.parameters()`: its parameters are trained, then restored
+    loss_fn,  # `loss_fn(model(x), y)` returns a scalar Tensor
+    batches,  # a re-iterable of `(x, y)` mini-batches (a list, a DataLoader), cycled as needed
+    make_optimizer,  # `make_optimizer(params)` returns a fresh optimizer, or an existing optimizer
+    start_lr: float = 1e-7,  # the first learning rate of the sweep
+    end_lr: float = 10.0,  # the last learning rate of the sweep
+    num_iter: int = 100,  # number of steps (and learning rates) in the sweep
+    beta: float = 0.98,  # smoothing of the losses (weight of the past in the moving average)
+    diverge_factor: float = 4.0,  # stop when the smoothed loss exceeds this times its minimum so far
+) -> LRFinderResult:
     "Train with an exponentially growing learning rate, record the losses, restore everything, suggest an lr."
     _check_sweep_args(start_lr, end_lr, num_iter, beta, diverge_factor)
     params = list(model.parameters())
@@ -145,11 +217,31 @@ def lr_find(model, # callable with `.parameters()`: its parameters are trained, 
     snapshot = _Snapshot(params, make_optimizer if existing else None)
     try:
         optimizer = make_optimizer if existing else make_optimizer(params)
-        with np.errstate(over='ignore', invalid='ignore'):   # the end of a sweep overflows on purpose
-            lrs, losses, diverged = _sweep(model, loss_fn, _batch_cycle(batches), optimizer,
-                                       exponential_lrs(start_lr, end_lr, num_iter), beta, diverge_factor)
-    finally: snapshot.restore()
-    if not losses: raise RuntimeError(f"the loss was not finite after the first step (lr={start_lr}): lower start_lr")
+        with np.errstate(
+            over="ignore", invalid="ignore"
+        ):  # the end of a sweep overflows on purpose
+            lrs, losses, diverged = _sweep(
+                model,
+                loss_fn,
+                _batch_cycle(batches),
+                optimizer,
+                exponential_lrs(start_lr, end_lr, num_iter),
+                beta,
+                diverge_factor,
+            )
+    finally:
+        snapshot.restore()
+    if not losses:
+        raise RuntimeError(
+            f"the loss was not finite after the first step (lr={start_lr}): lower start_lr"
+        )
     smoothed = smooth_losses(losses, beta)
     lr_at_min = lrs[int(np.argmin(smoothed))]
-    return LRFinderResult(np.array(lrs), np.array(losses), smoothed, diverged, lr_at_min, lr_at_min / 10)
+    return LRFinderResult(
+        np.array(lrs),
+        np.array(losses),
+        smoothed,
+        diverged,
+        lr_at_min,
+        lr_at_min / 10,
+    )

@@ -14,57 +14,87 @@ import numpy as np
 # %% ../nbs/00_tensor.ipynb #bae65b3b
 def _check_can_require_grad(dtype):
     if not np.issubdtype(dtype, np.floating):
-        raise TypeError(f"only floating point tensors can require gradients, got dtype {dtype}")
+        raise TypeError(
+            f"only floating point tensors can require gradients, got dtype {dtype}"
+        )
+
 
 class Tensor:
     "A NumPy array that records the operations applied to it, so `backward` can compute gradients."
+
     __array_ufunc__ = None  # `ndarray + Tensor` then calls `Tensor.__radd__` instead of looping over elements
 
-    def __init__(self,
-                 data, # NumPy array (shared, not copied), Python number or nested list
-                 requires_grad:bool=False, # record operations on this tensor so `backward` fills `.grad`
-                ):
+    def __init__(
+        self,
+        data,  # NumPy array (shared, not copied), Python number or nested list
+        requires_grad: bool = False,  # record operations on this tensor so `backward` fills `.grad`
+    ):
         self.data = data.data if isinstance(data, Tensor) else np.asarray(data)
-        if requires_grad: _check_can_require_grad(self.data.dtype)
+        if requires_grad:
+            _check_can_require_grad(self.data.dtype)
         self.requires_grad = requires_grad
-        self.grad = None     # NumPy array after `backward` (leaves only)
-        self._parents = ()   # (input, grad_fn) pairs recorded by the operation that made this tensor
-        self._op = None      # that operation's name; None for leaves
+        self.grad = None  # NumPy array after `backward` (leaves only)
+        self._parents = ()  # (input, grad_fn) pairs recorded by the operation that made this tensor
+        self._op = None  # that operation's name; None for leaves
 
     shape = property(lambda self: self.data.shape, doc="Shape of `data`.")
-    dtype = property(lambda self: self.data.dtype, doc="NumPy dtype of `data`.")
-    ndim = property(lambda self: self.data.ndim, doc="Number of dimensions of `data`.")
-    is_leaf = property(lambda self: self._op is None, doc="True unless an operation recorded this tensor.")
+    dtype = property(
+        lambda self: self.data.dtype, doc="NumPy dtype of `data`."
+    )
+    ndim = property(
+        lambda self: self.data.ndim, doc="Number of dimensions of `data`."
+    )
+    is_leaf = property(
+        lambda self: self._op is None,
+        doc="True unless an operation recorded this tensor.",
+    )
 
-    def __len__(self): return len(self.data)
-    def __array__(self, dtype=None, copy=None): return np.array(self.data, dtype=dtype, copy=copy)
-    def numpy(self)->np.ndarray:
+    def __len__(self):
+        return len(self.data)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array(self.data, dtype=dtype, copy=copy)
+
+    def numpy(self) -> np.ndarray:
         "The underlying NumPy array (shared, not copied)."
         return self.data
+
     def item(self):
         "The value of a one-element tensor as a Python number."
         return self.data.item()
-    def __float__(self): return float(self.item())  # `float(loss)`, as with torch (one element only)
+
+    def __float__(self):
+        return float(
+            self.item()
+        )  # `float(loss)`, as with torch (one element only)
+
     def detach(self):
         "A tensor sharing `data` that is cut from the graph."
         return Tensor(self.data)
-    def requires_grad_(self, requires_grad:bool=True):
+
+    def requires_grad_(self, requires_grad: bool = True):
         "Switch gradient recording on (or off) for this leaf, in place; returns `self`."
-        if not self.is_leaf: raise RuntimeError("requires_grad can only be changed on leaf tensors, "
-                                                "not on the result of an operation (use .detach())")
-        if requires_grad: _check_can_require_grad(self.dtype)
+        if not self.is_leaf:
+            raise RuntimeError(
+                "requires_grad can only be changed on leaf tensors, "
+                "not on the result of an operation (use .detach())"
+            )
+        if requires_grad:
+            _check_can_require_grad(self.dtype)
         self.requires_grad = requires_grad
         return self
 
     def __repr__(self):
         extras = [] if self.dtype == np.float64 else [f"dtype={self.dtype}"]
-        if self._op is not None: extras.append(f"grad_fn=<{self._op}>")
-        elif self.requires_grad: extras.append("requires_grad=True")
+        if self._op is not None:
+            extras.append(f"grad_fn=<{self._op}>")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
         body = np.array2string(self.data, separator=", ", prefix="Tensor(")
         return f"Tensor({', '.join([body] + extras)})"
 
 # %% ../nbs/00_tensor.ipynb #45b25327
-def _patch(cls, *fns, name:str|None=None):
+def _patch(cls, *fns, name: str | None = None):
     "Attach each function `_name` to `cls` as the method `name` (or as `name` when given, for one function)."
     for fn in fns:
         method = name or fn.__name__.removeprefix("_")
@@ -74,22 +104,29 @@ def _patch(cls, *fns, name:str|None=None):
 # %% ../nbs/00_tensor.ipynb #1b5c937b
 _grad_enabled = True  # switched off inside `no_grad`
 
-def is_grad_enabled()->bool:
+
+def is_grad_enabled() -> bool:
     "True unless called inside a `no_grad` block."
     return _grad_enabled
 
+
 class no_grad:
     "Context manager, also usable as a decorator, inside which operations record no graph."
+
     def __enter__(self):
         global _grad_enabled
         self._previous, _grad_enabled = _grad_enabled, False
+
     def __exit__(self, *exc_info):
         global _grad_enabled
         _grad_enabled = self._previous
-    def __call__(self, fn:Callable)->Callable:
+
+    def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)
         def without_grad(*args, **kwargs):
-            with no_grad(): return fn(*args, **kwargs)
+            with no_grad():
+                return fn(*args, **kwargs)
+
         return without_grad
 
 # %% ../nbs/00_tensor.ipynb #f6114f3c
@@ -97,133 +134,207 @@ def _data(x):
     "The array inside a Tensor; anything else (a Python number, an array) is used as it is."
     return x.data if isinstance(x, Tensor) else x
 
-def _record(data, op:str, *inputs):
+
+def _record(data, op: str, *inputs):
     "Wrap `data`; if an input requires grad (and grad mode is on), remember the `(input, grad_fn)` pairs."
     out = Tensor(data)
     tensors = [(t, fn) for t, fn in inputs if isinstance(t, Tensor)]
     if _grad_enabled and any(t.requires_grad for t, _ in tensors):
         out.requires_grad, out._op = True, op
         # inputs that need no gradient stay in the graph (for drawing) without a grad_fn
-        out._parents = tuple((t, fn if t.requires_grad else None) for t, fn in tensors)
+        out._parents = tuple(
+            (t, fn if t.requires_grad else None) for t, fn in tensors
+        )
     return out
 
 # %% ../nbs/00_tensor.ipynb #3feafda7
-def unbroadcast(grad:np.ndarray, # gradient with the broadcast (output) shape
-                shape:tuple, # shape of the operand before broadcasting
-               )->np.ndarray:
+def unbroadcast(
+    grad: np.ndarray,  # gradient with the broadcast (output) shape
+    shape: tuple,  # shape of the operand before broadcasting
+) -> np.ndarray:
     "Sum `grad` over the axes that broadcasting added or stretched, giving it back `shape`."
     grad = np.asarray(grad)
     added = grad.ndim - len(shape)
-    if added: grad = grad.sum(axis=tuple(range(added)))
-    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
-    if stretched: grad = grad.sum(axis=stretched, keepdims=True)
+    if added:
+        grad = grad.sum(axis=tuple(range(added)))
+    stretched = tuple(
+        i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1
+    )
+    if stretched:
+        grad = grad.sum(axis=stretched, keepdims=True)
     return grad
 
 # %% ../nbs/00_tensor.ipynb #db7f738a
-def _shape(x): return np.shape(_data(x))
+def _shape(x):
+    return np.shape(_data(x))
+
 
 def _add(a, b):
     sa, sb = _shape(a), _shape(b)
-    return _record(_data(a) + _data(b), "add",
-                   (a, lambda g: unbroadcast(g, sa)), (b, lambda g: unbroadcast(g, sb)))
+    return _record(
+        _data(a) + _data(b),
+        "add",
+        (a, lambda g: unbroadcast(g, sa)),
+        (b, lambda g: unbroadcast(g, sb)),
+    )
+
 
 def _sub(a, b):
     sa, sb = _shape(a), _shape(b)
-    return _record(_data(a) - _data(b), "sub",
-                   (a, lambda g: unbroadcast(g, sa)), (b, lambda g: unbroadcast(-g, sb)))
+    return _record(
+        _data(a) - _data(b),
+        "sub",
+        (a, lambda g: unbroadcast(g, sa)),
+        (b, lambda g: unbroadcast(-g, sb)),
+    )
+
 
 def _mul(a, b):
     da, db = _data(a), _data(b)
-    return _record(da * db, "mul",
-                   (a, lambda g: unbroadcast(g * db, np.shape(da))), (b, lambda g: unbroadcast(g * da, np.shape(db))))
+    return _record(
+        da * db,
+        "mul",
+        (a, lambda g: unbroadcast(g * db, np.shape(da))),
+        (b, lambda g: unbroadcast(g * da, np.shape(db))),
+    )
+
 
 def _div(a, b):
     da, db = _data(a), _data(b)
-    return _record(da / db, "div",
-                   (a, lambda g: unbroadcast(g / db, np.shape(da))),
-                   (b, lambda g: unbroadcast(-g * da / (db * db), np.shape(db))))
+    return _record(
+        da / db,
+        "div",
+        (a, lambda g: unbroadcast(g / db, np.shape(da))),
+        (b, lambda g: unbroadcast(-g * da / (db * db), np.shape(db))),
+    )
 
-def _neg(a): return _record(-a.data, "neg", (a, lambda g: -g))
+
+def _neg(a):
+    return _record(-a.data, "neg", (a, lambda g: -g))
 
 # %% ../nbs/00_tensor.ipynb #815d2bad
 def _pow(a, b):
     da, db = _data(a), _data(b)
-    out = da ** db
+    out = da**db
+
     def grad_base(g):
         with np.errstate(divide="ignore", invalid="ignore"):
             local = np.where(db == 0, 0, db * da ** (db - 1))
         return unbroadcast(g * local, np.shape(da))
+
     def grad_exponent(g):
         with np.errstate(divide="ignore", invalid="ignore"):
             local = np.where((da == 0) & (db >= 0), 0, out * np.log(da))
         return unbroadcast(g * local, np.shape(db))
+
     return _record(out, "pow", (a, grad_base), (b, grad_exponent))
+
 
 Tensor.__add__, Tensor.__radd__ = _add, lambda self, other: _add(other, self)
 Tensor.__sub__, Tensor.__rsub__ = _sub, lambda self, other: _sub(other, self)
 Tensor.__mul__, Tensor.__rmul__ = _mul, lambda self, other: _mul(other, self)
-Tensor.__truediv__, Tensor.__rtruediv__ = _div, lambda self, other: _div(other, self)
+Tensor.__truediv__, Tensor.__rtruediv__ = (
+    _div,
+    lambda self, other: _div(other, self),
+)
 Tensor.__pow__, Tensor.__rpow__ = _pow, lambda self, other: _pow(other, self)
 Tensor.__neg__ = _neg
 
 # %% ../nbs/00_tensor.ipynb #07f2f4ad
 def _check_matmul_shapes(sa, sb):
     if len(sa) == 0 or len(sb) == 0:
-        raise ValueError(f"matmul: both operands need at least one dimension, got shapes {sa} and {sb}")
+        raise ValueError(
+            f"matmul: both operands need at least one dimension, got shapes {sa} and {sb}"
+        )
     ka, kb = sa[-1], (sb[-2] if len(sb) > 1 else sb[0])
     if ka != kb:
-        raise ValueError(f"matmul: shapes {sa} and {sb} cannot be multiplied ({ka} != {kb})")
-    try: np.broadcast_shapes(sa[:-2], sb[:-2])
-    except ValueError: raise ValueError(f"matmul: the batch dimensions of shapes {sa} and {sb} do not broadcast") from None
+        raise ValueError(
+            f"matmul: shapes {sa} and {sb} cannot be multiplied ({ka} != {kb})"
+        )
+    try:
+        np.broadcast_shapes(sa[:-2], sb[:-2])
+    except ValueError:
+        raise ValueError(
+            f"matmul: the batch dimensions of shapes {sa} and {sb} do not broadcast"
+        ) from None
+
 
 def _matmul_grads(da, db, g):
     "Gradients of `da @ db` given the output gradient `g`, with 1-D operands promoted to matrices."
     a2 = da[None, :] if da.ndim == 1 else da
     b2 = db[:, None] if db.ndim == 1 else db
-    if db.ndim == 1: g = np.expand_dims(g, -1)
-    if da.ndim == 1: g = np.expand_dims(g, -2)
-    grad_a = unbroadcast(g @ np.swapaxes(b2, -1, -2), a2.shape).reshape(da.shape)
-    grad_b = unbroadcast(np.swapaxes(a2, -1, -2) @ g, b2.shape).reshape(db.shape)
+    if db.ndim == 1:
+        g = np.expand_dims(g, -1)
+    if da.ndim == 1:
+        g = np.expand_dims(g, -2)
+    grad_a = unbroadcast(g @ np.swapaxes(b2, -1, -2), a2.shape).reshape(
+        da.shape
+    )
+    grad_b = unbroadcast(np.swapaxes(a2, -1, -2) @ g, b2.shape).reshape(
+        db.shape
+    )
     return grad_a, grad_b
 
-def matmul(a, # left operand (Tensor or array), at least 1-D
-           b, # right operand (Tensor or array), at least 1-D
-          ):
+
+def matmul(
+    a,  # left operand (Tensor or array), at least 1-D
+    b,  # right operand (Tensor or array), at least 1-D
+):
     "Matrix product `a @ b` with NumPy's rules for 1-D and batched operands."
     da, db = np.asarray(_data(a)), np.asarray(_data(b))
     _check_matmul_shapes(da.shape, db.shape)
-    return _record(da @ db, "matmul",
-                   (a, lambda g: _matmul_grads(da, db, g)[0]), (b, lambda g: _matmul_grads(da, db, g)[1]))
+    return _record(
+        da @ db,
+        "matmul",
+        (a, lambda g: _matmul_grads(da, db, g)[0]),
+        (b, lambda g: _matmul_grads(da, db, g)[1]),
+    )
 
-Tensor.__matmul__, Tensor.__rmatmul__ = matmul, lambda self, other: matmul(other, self)
+
+Tensor.__matmul__, Tensor.__rmatmul__ = (
+    matmul,
+    lambda self, other: matmul(other, self),
+)
 
 # %% ../nbs/00_tensor.ipynb #e5ddaf3d
-def _lift(x): return x if isinstance(x, Tensor) else Tensor(x)
+def _lift(x):
+    return x if isinstance(x, Tensor) else Tensor(x)
+
 
 def exp(x):
     "Elementwise $e^x$."
-    x = _lift(x); out = np.exp(x.data)
+    x = _lift(x)
+    out = np.exp(x.data)
     return _record(out, "exp", (x, lambda g: g * out))
+
 
 def log(x):
     "Elementwise natural logarithm."
     x = _lift(x)
     return _record(np.log(x.data), "log", (x, lambda g: g / x.data))
 
+
 def sqrt(x):
     "Elementwise square root."
-    x = _lift(x); out = np.sqrt(x.data)
+    x = _lift(x)
+    out = np.sqrt(x.data)
     return _record(out, "sqrt", (x, lambda g: g / (2 * out)))
+
 
 def relu(x):
     "Elementwise max(x, 0)."
     x = _lift(x)
-    return _record(np.maximum(x.data, 0), "relu", (x, lambda g: g * (x.data > 0)))
+    return _record(
+        np.maximum(x.data, 0), "relu", (x, lambda g: g * (x.data > 0))
+    )
+
 
 def tanh(x):
     "Elementwise hyperbolic tangent."
-    x = _lift(x); out = np.tanh(x.data)
+    x = _lift(x)
+    out = np.tanh(x.data)
     return _record(out, "tanh", (x, lambda g: g * (1 - out * out)))
+
 
 def sigmoid(x):
     "Elementwise logistic function $1/(1+e^{-x})$, computed without overflow."
@@ -232,219 +343,367 @@ def sigmoid(x):
     out = np.where(x.data >= 0, 1 / (1 + e), e / (1 + e))
     return _record(out, "sigmoid", (x, lambda g: g * out * (1 - out)))
 
-def _abs(x): return _record(np.abs(x.data), "abs", (x, lambda g: g * np.sign(x.data)))
 
-Tensor.exp, Tensor.log, Tensor.sqrt, Tensor.relu, Tensor.tanh, Tensor.sigmoid = exp, log, sqrt, relu, tanh, sigmoid
+def _abs(x):
+    return _record(np.abs(x.data), "abs", (x, lambda g: g * np.sign(x.data)))
+
+
+(
+    Tensor.exp,
+    Tensor.log,
+    Tensor.sqrt,
+    Tensor.relu,
+    Tensor.tanh,
+    Tensor.sigmoid,
+) = exp, log, sqrt, relu, tanh, sigmoid
 Tensor.__abs__ = Tensor.abs = _abs
 
 # %% ../nbs/00_tensor.ipynb #07a99356
 def _reduced_axes(axis, ndim):
-    if axis is None: return tuple(range(ndim))
+    if axis is None:
+        return tuple(range(ndim))
     return tuple(a % ndim for a in ((axis,) if np.ndim(axis) == 0 else axis))
+
 
 def _expand_to(g, axes, keepdims, shape):
     "The gradient of a reduction, broadcast back over the axes it reduced."
-    if not keepdims: g = np.expand_dims(g, axes)
+    if not keepdims:
+        g = np.expand_dims(g, axes)
     return np.broadcast_to(g, shape)
 
-def _sum(self,
-         axis:int|tuple|None=None, # axis or axes to reduce; all when None
-         keepdims:bool=False, # keep reduced axes with length 1
-        ):
+
+def _sum(
+    self,
+    axis: int | tuple | None = None,  # axis or axes to reduce; all when None
+    keepdims: bool = False,  # keep reduced axes with length 1
+):
     "Sum over `axis` (all axes when None)."
     axes = _reduced_axes(axis, self.ndim)
-    return _record(self.data.sum(axis=axis, keepdims=keepdims), "sum",
-                   (self, lambda g: _expand_to(g, axes, keepdims, self.shape)))
+    return _record(
+        self.data.sum(axis=axis, keepdims=keepdims),
+        "sum",
+        (self, lambda g: _expand_to(g, axes, keepdims, self.shape)),
+    )
 
-def _mean(self,
-          axis:int|tuple|None=None, # axis or axes to reduce; all when None
-          keepdims:bool=False, # keep reduced axes with length 1
-         ):
+
+def _mean(
+    self,
+    axis: int | tuple | None = None,  # axis or axes to reduce; all when None
+    keepdims: bool = False,  # keep reduced axes with length 1
+):
     "Mean over `axis` (all axes when None)."
     axes = _reduced_axes(axis, self.ndim)
     n = int(np.prod([self.shape[a] for a in axes]))
-    return _record(self.data.mean(axis=axis, keepdims=keepdims), "mean",
-                   (self, lambda g: _expand_to(g, axes, keepdims, self.shape) / n))
+    return _record(
+        self.data.mean(axis=axis, keepdims=keepdims),
+        "mean",
+        (self, lambda g: _expand_to(g, axes, keepdims, self.shape) / n),
+    )
 
-def _max(self,
-         axis:int|tuple|None=None, # axis or axes to reduce; all when None
-         keepdims:bool=False, # keep reduced axes with length 1
-        ):
+
+def _max(
+    self,
+    axis: int | tuple | None = None,  # axis or axes to reduce; all when None
+    keepdims: bool = False,  # keep reduced axes with length 1
+):
     "Maximum over `axis`; ties share the gradient equally (PyTorch's `amax`)."
     axes = _reduced_axes(axis, self.ndim)
     top = self.data.max(axis=axis, keepdims=True)
+
     def grad(g):
         winners = self.data == top
-        return winners * _expand_to(g, axes, keepdims, self.shape) / winners.sum(axis=axes, keepdims=True)
-    return _record(top if keepdims else np.squeeze(top, axis=axes), "max", (self, grad))
+        return (
+            winners
+            * _expand_to(g, axes, keepdims, self.shape)
+            / winners.sum(axis=axes, keepdims=True)
+        )
+
+    return _record(
+        top if keepdims else np.squeeze(top, axis=axes), "max", (self, grad)
+    )
+
 
 _patch(Tensor, _sum, _mean, _max)
 
 # %% ../nbs/00_tensor.ipynb #95c45031
 def _reshape(self, *shape):
     "The same elements in a new shape (`t.reshape(2, 3)` or `t.reshape((2, 3))`)."
-    return _record(self.data.reshape(*shape), "reshape", (self, lambda g: np.reshape(g, self.shape)))
+    return _record(
+        self.data.reshape(*shape),
+        "reshape",
+        (self, lambda g: np.reshape(g, self.shape)),
+    )
+
 
 def _transpose(self, *axes):
     "Permute the axes as `numpy.transpose` does; no argument reverses them."
-    axes = axes[0] if len(axes) == 1 and not np.isscalar(axes[0]) else (axes or None)
+    axes = (
+        axes[0]
+        if len(axes) == 1 and not np.isscalar(axes[0])
+        else (axes or None)
+    )
     inverse = None if axes is None else np.argsort(axes)
-    return _record(np.transpose(self.data, axes), "transpose", (self, lambda g: np.transpose(g, inverse)))
+    return _record(
+        np.transpose(self.data, axes),
+        "transpose",
+        (self, lambda g: np.transpose(g, inverse)),
+    )
+
 
 def _getitem(self, index):
     "NumPy indexing (basic and integer-array); repeated indices accumulate their gradients."
-    index = tuple(_data(i) for i in index) if isinstance(index, tuple) else _data(index)
+    index = (
+        tuple(_data(i) for i in index)
+        if isinstance(index, tuple)
+        else _data(index)
+    )
+
     def grad(g):
         full = np.zeros_like(self.data)
         np.add.at(full, index, g)
         return full
+
     return _record(self.data[index], "getitem", (self, grad))
+
 
 _patch(Tensor, _reshape, _transpose)
 _patch(Tensor, _getitem, name="__getitem__")
-Tensor.T = property(lambda self: self.transpose(), doc="The tensor with its axes reversed.")
+Tensor.T = property(
+    lambda self: self.transpose(), doc="The tensor with its axes reversed."
+)
 
 # %% ../nbs/00_tensor.ipynb #d6e2faaa
-def log_softmax(x, # logits (Tensor or array)
-                axis:int=-1, # the axis that holds the classes
-               ):
+def log_softmax(
+    x,  # logits (Tensor or array)
+    axis: int = -1,  # the axis that holds the classes
+):
     "Logarithm of the softmax of `x` along `axis`, computed without overflow."
     x = _lift(x)
     shifted = x.data - x.data.max(axis=axis, keepdims=True)
     out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
-    return _record(out, "log_softmax", (x, lambda g: g - np.exp(out) * g.sum(axis=axis, keepdims=True)))
+    return _record(
+        out,
+        "log_softmax",
+        (x, lambda g: g - np.exp(out) * g.sum(axis=axis, keepdims=True)),
+    )
+
 
 Tensor.log_softmax = log_softmax
 
 # %% ../nbs/00_tensor.ipynb #86f1dec9
-def _topological_order(root, all_inputs:bool=False)->list:
+def _topological_order(root, all_inputs: bool = False) -> list:
     "Tensors `root` depends on through recorded gradients (or through any input), each after all of its inputs."
     order, seen, stack = [], set(), [(root, False)]
     while stack:
         node, inputs_done = stack.pop()
-        if inputs_done: order.append(node); continue
-        if node in seen: continue
+        if inputs_done:
+            order.append(node)
+            continue
+        if node in seen:
+            continue
         seen.add(node)
-        stack.append((node, True))  # comes off the stack after every input below it
-        stack.extend((parent, False) for parent, grad_fn in node._parents if all_inputs or grad_fn is not None)
+        stack.append(
+            (node, True)
+        )  # comes off the stack after every input below it
+        stack.extend(
+            (parent, False)
+            for parent, grad_fn in node._parents
+            if all_inputs or grad_fn is not None
+        )
     return order
 
 # %% ../nbs/00_tensor.ipynb #93d1dcae
-def _accumulate(leaf, g:np.ndarray):
-    if leaf.grad is None: leaf.grad = np.array(g, dtype=leaf.dtype)  # a fresh, writable copy
-    else: leaf.grad += g
+def _accumulate(leaf, g: np.ndarray):
+    if leaf.grad is None:
+        leaf.grad = np.array(g, dtype=leaf.dtype)  # a fresh, writable copy
+    else:
+        leaf.grad += g
 
-def _backward(self,
-              gradient:np.ndarray|None=None, # dL/dself, same shape as self; default 1 for a one-element tensor
-             ):
+
+def _backward(
+    self,
+    gradient: np.ndarray
+    | None = None,  # dL/dself, same shape as self; default 1 for a one-element tensor
+):
     "Add the gradient of `self` with respect to every leaf it depends on into the leaves' `.grad`."
     if not self.requires_grad:
-        raise RuntimeError("backward() needs a tensor that requires grad: this one does not require grad "
-                           "and has no grad_fn (was it computed inside no_grad, or from tensors without requires_grad?)")
+        raise RuntimeError(
+            "backward() needs a tensor that requires grad: this one does not require grad "
+            "and has no grad_fn (was it computed inside no_grad, or from tensors without requires_grad?)"
+        )
     if gradient is None:
         if self.data.size != 1:
-            raise RuntimeError(f"grad can be implicitly created only for scalar outputs: this tensor has shape "
-                               f"{self.shape}; reduce it (e.g. .sum()) or pass `gradient`")
+            raise RuntimeError(
+                f"grad can be implicitly created only for scalar outputs: this tensor has shape "
+                f"{self.shape}; reduce it (e.g. .sum()) or pass `gradient`"
+            )
         gradient = np.ones_like(self.data)
     gradient = np.asarray(_data(gradient), dtype=self.dtype)
     if gradient.shape != self.shape:
-        raise ValueError(f"gradient has shape {gradient.shape} but the tensor has shape {self.shape}")
+        raise ValueError(
+            f"gradient has shape {gradient.shape} but the tensor has shape {self.shape}"
+        )
     grads = {self: gradient}
     for node in reversed(_topological_order(self)):
         g = grads.pop(node)
-        if node.is_leaf: _accumulate(node, g); continue
+        if node.is_leaf:
+            _accumulate(node, g)
+            continue
         for parent, grad_fn in node._parents:
-            if grad_fn is None: continue
+            if grad_fn is None:
+                continue
             share = np.asarray(grad_fn(g), dtype=parent.dtype)
             grads[parent] = grads[parent] + share if parent in grads else share
+
 
 _patch(Tensor, _backward)
 
 # %% ../nbs/00_tensor.ipynb #3af0a254
-def _layout(nodes:list)->dict:
+def _layout(nodes: list) -> dict:
     "Column of each node: results one right of their last input, leaves one left of their first consumer."
     column = {}
     for node in nodes:
-        if node._parents: column[node] = 1 + max(column.get(p, 0) for p, _ in node._parents)
+        if node._parents:
+            column[node] = 1 + max(column.get(p, 0) for p, _ in node._parents)
     for node in reversed(nodes):
         if not node._parents:
-            consumers = [column[c] for c in nodes if any(p is node for p, _ in c._parents)]
+            consumers = [
+                column[c]
+                for c in nodes
+                if any(p is node for p, _ in c._parents)
+            ]
             column[node] = min(consumers) - 1 if consumers else 0
     return column
 
-def _node_label(node, name:str|None)->str:
-    fmt = lambda a: f"{a.item():.4g}" if np.size(a) == 1 else f"shape {np.shape(a)}"
+
+def _node_label(node, name: str | None) -> str:
+    fmt = lambda a: (
+        f"{a.item():.4g}" if np.size(a) == 1 else f"shape {np.shape(a)}"
+    )
     lines = [name] if name else []
-    if node._op: lines.append(node._op)
+    if node._op:
+        lines.append(node._op)
     lines.append(f"value {fmt(node.data)}")
-    if node.grad is not None: lines.append(f"grad {fmt(node.grad)}")
+    if node.grad is not None:
+        lines.append(f"grad {fmt(node.grad)}")
     return "\n".join(lines)
 
-def draw_graph(root, # the Tensor whose graph to draw
-               names:dict|None=None, # optional labels: {name: tensor}
-               ax=None, # matplotlib Axes to draw into; a new figure when None
-              ):
+
+def draw_graph(
+    root,  # the Tensor whose graph to draw
+    names: dict | None = None,  # optional labels: {name: tensor}
+    ax=None,  # matplotlib Axes to draw into; a new figure when None
+):
     "Draw the computational graph recorded for `root` with matplotlib; returns the Axes."
     import matplotlib.pyplot as plt  # only needed for pictures
+
     nodes = _topological_order(root, all_inputs=True)
     column = _layout(nodes)
     name_of = {id(t): n for n, t in (names or {}).items()}
     rows = {}
-    for node in nodes: rows.setdefault(column[node], []).append(node)
+    for node in nodes:
+        rows.setdefault(column[node], []).append(node)
     n_cols, n_rows = len(rows), max(len(r) for r in rows.values())
-    if ax is None: _, ax = plt.subplots(figsize=(2.3 * n_cols, 1.4 * n_rows + 0.8))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(2.3 * n_cols, 1.4 * n_rows + 0.8))
     colours = {"op": "#fdd9a0", "param": "#a6cee3", "data": "#dddddd"}
     boxes = {}
     for col, members in rows.items():
         for i, node in enumerate(members):
-            kind = "op" if node._op else ("param" if node.requires_grad else "data")
+            kind = (
+                "op"
+                if node._op
+                else ("param" if node.requires_grad else "data")
+            )
             y = (len(members) - 1) / 2 - i
-            boxes[node] = ax.text(col, y, _node_label(node, name_of.get(id(node))), ha="center", va="center",
-                                  fontsize=9, bbox=dict(boxstyle="round,pad=0.4", fc=colours[kind], ec="0.3"))
+            boxes[node] = ax.text(
+                col,
+                y,
+                _node_label(node, name_of.get(id(node))),
+                ha="center",
+                va="center",
+                fontsize=9,
+                bbox=dict(
+                    boxstyle="round,pad=0.4", fc=colours[kind], ec="0.3"
+                ),
+            )
     for node in nodes:
         for parent, _ in node._parents:
-            ax.annotate("", xy=(0, 0.5), xycoords=boxes[node], xytext=(1, 0.5), textcoords=boxes[parent],
-                        arrowprops=dict(arrowstyle="->", color="0.3", shrinkA=6, shrinkB=6))
+            ax.annotate(
+                "",
+                xy=(0, 0.5),
+                xycoords=boxes[node],
+                xytext=(1, 0.5),
+                textcoords=boxes[parent],
+                arrowprops=dict(
+                    arrowstyle="->", color="0.3", shrinkA=6, shrinkB=6
+                ),
+            )
     cols = sorted(rows)
-    ax.set_xlim(cols[0] - 0.6, cols[-1] + 0.6); ax.set_ylim(-n_rows / 2 - 0.1, n_rows / 2 + 0.1)
+    ax.set_xlim(cols[0] - 0.6, cols[-1] + 0.6)
+    ax.set_ylim(-n_rows / 2 - 0.1, n_rows / 2 + 0.1)
     ax.set_axis_off()
     return ax
 
 # %% ../nbs/00_tensor.ipynb #ab125159
-def numerical_grad(f:Callable, # function of NumPy arrays returning a number
-                   *arrays:np.ndarray, # the point at which to differentiate
-                   eps:float=1e-6, # step of the central difference
-                  )->list:
+def numerical_grad(
+    f: Callable,  # function of NumPy arrays returning a number
+    *arrays: np.ndarray,  # the point at which to differentiate
+    eps: float = 1e-6,  # step of the central difference
+) -> list:
     "Central finite-difference gradient of `f` with respect to each array (computed on float64 copies)."
     arrays = [np.array(a, dtype=np.float64) for a in arrays]
     grads = []
     for a in arrays:
         g = np.zeros_like(a)
-        flat_a, flat_g = a.reshape(-1), g.reshape(-1)  # views into the fresh copies
+        flat_a, flat_g = (
+            a.reshape(-1),
+            g.reshape(-1),
+        )  # views into the fresh copies
         for i in range(a.size):
             original = flat_a[i]
-            flat_a[i] = original + eps; up = float(f(*arrays))
-            flat_a[i] = original - eps; down = float(f(*arrays))
+            flat_a[i] = original + eps
+            up = float(f(*arrays))
+            flat_a[i] = original - eps
+            down = float(f(*arrays))
             flat_a[i] = original
             flat_g[i] = (up - down) / (2 * eps)
         grads.append(g)
     return grads
 
-def check_grad(f:Callable, # function of Tensors returning a Tensor
-               *arrays:np.ndarray, # the point at which to check
-               eps:float=1e-6, # finite-difference step
-               rtol:float=1e-5, # relative tolerance
-               atol:float=1e-7, # absolute tolerance
-              )->bool:
+
+def check_grad(
+    f: Callable,  # function of Tensors returning a Tensor
+    *arrays: np.ndarray,  # the point at which to check
+    eps: float = 1e-6,  # finite-difference step
+    rtol: float = 1e-5,  # relative tolerance
+    atol: float = 1e-7,  # absolute tolerance
+) -> bool:
     "Assert that `backward` through `f` matches finite differences at `arrays` (in float64); returns True."
     arrays = [np.array(a, dtype=np.float64) for a in arrays]
     leaves = [Tensor(a.copy(), requires_grad=True) for a in arrays]
     out = f(*leaves)
-    weights = np.random.default_rng(0).standard_normal(out.shape) if out.data.size > 1 else np.ones(out.shape)
-    if out.requires_grad: out.backward(weights)
+    weights = (
+        np.random.default_rng(0).standard_normal(out.shape)
+        if out.data.size > 1
+        else np.ones(out.shape)
+    )
+    if out.requires_grad:
+        out.backward(weights)
+
     def weighted_f(*xs):
-        with no_grad(): return float((f(*[Tensor(x) for x in xs]).data * weights).sum())
-    for i, (leaf, expected) in enumerate(zip(leaves, numerical_grad(weighted_f, *arrays, eps=eps))):
+        with no_grad():
+            return float((f(*[Tensor(x) for x in xs]).data * weights).sum())
+
+    for i, (leaf, expected) in enumerate(
+        zip(leaves, numerical_grad(weighted_f, *arrays, eps=eps))
+    ):
         got = np.zeros_like(expected) if leaf.grad is None else leaf.grad
-        np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol, err_msg=f"gradient of argument {i}")
+        np.testing.assert_allclose(
+            got,
+            expected,
+            rtol=rtol,
+            atol=atol,
+            err_msg=f"gradient of argument {i}",
+        )
     return True

@@ -15,118 +15,208 @@ from .optim.lr_scheduler import ReduceLROnPlateau
 __all__ = ['accuracy', 'History', 'evaluate', 'fit', 'plot_history']
 
 # %% ../nbs/13c_training.ipynb #78c7d679
-def accuracy(output:np.ndarray, # scores, shape `(N, C)`
-             target:np.ndarray, # class indices, shape `(N,)`
-            ) -> float:
+def accuracy(
+    output: np.ndarray,  # scores, shape `(N, C)`
+    target: np.ndarray,  # class indices, shape `(N,)`
+) -> float:
     "Fraction of the rows whose largest score is at the target class."
     return float(np.mean(np.argmax(output, axis=-1) == target))
 
+
 def _default_metrics(target) -> dict:
     "Accuracy for classification (integer targets), nothing otherwise."
-    return {"accuracy": accuracy} if np.issubdtype(np.asarray(target).dtype, np.integer) else {}
+    return (
+        {"accuracy": accuracy}
+        if np.issubdtype(np.asarray(target).dtype, np.integer)
+        else {}
+    )
 
 # %% ../nbs/13c_training.ipynb #a94587fe
 @dataclass
 class History:
     "What `fit` records: the loss, learning rate and gradient norm of every step, the losses and metrics of every epoch."
-    loss: list = field(default_factory=list)         # per step: the training loss of its batch
-    lr: list = field(default_factory=list)           # per step: the lr of the first parameter group, as used by the step
-    grad_norm: list = field(default_factory=list)    # per step: the total gradient norm, before clipping
-    train_loss: list = field(default_factory=list)   # per epoch: mean training loss over its examples
-    valid_loss: list = field(default_factory=list)   # per epoch: validation loss after it (nan without validation data)
-    train_metrics: dict = field(default_factory=dict)  # name -> per-epoch values on the training batches
-    valid_metrics: dict = field(default_factory=dict)  # name -> per-epoch values on the validation data
-    epoch_time: list = field(default_factory=list)   # per epoch: seconds of training and validation
+
+    loss: list = field(
+        default_factory=list
+    )  # per step: the training loss of its batch
+    lr: list = field(
+        default_factory=list
+    )  # per step: the lr of the first parameter group, as used by the step
+    grad_norm: list = field(
+        default_factory=list
+    )  # per step: the total gradient norm, before clipping
+    train_loss: list = field(
+        default_factory=list
+    )  # per epoch: mean training loss over its examples
+    valid_loss: list = field(
+        default_factory=list
+    )  # per epoch: validation loss after it (nan without validation data)
+    train_metrics: dict = field(
+        default_factory=dict
+    )  # name -> per-epoch values on the training batches
+    valid_metrics: dict = field(
+        default_factory=dict
+    )  # name -> per-epoch values on the validation data
+    epoch_time: list = field(
+        default_factory=list
+    )  # per epoch: seconds of training and validation
 
     @property
-    def train_accuracy(self) -> list: return self.train_metrics.get("accuracy", [])
+    def train_accuracy(self) -> list:
+        return self.train_metrics.get("accuracy", [])
+
     @property
-    def valid_accuracy(self) -> list: return self.valid_metrics.get("accuracy", [])
+    def valid_accuracy(self) -> list:
+        return self.valid_metrics.get("accuracy", [])
 
 # %% ../nbs/13c_training.ipynb #0964457e
 def _check_fit_args(epochs, clip, metrics):
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got epochs={epochs!r}")
-    if clip is not None and not (isinstance(clip, (int, float, np.number)) and clip > 0):
-        raise ValueError(f"clip must be None or a positive max_norm, got clip={clip!r}")
-    if metrics is not None and not (isinstance(metrics, dict) and all(callable(f) for f in metrics.values())):
-        raise TypeError(f"metrics must be a dict from names to functions `f(output, target) -> float`, got {metrics!r}")
+    if (
+        isinstance(epochs, bool)
+        or not isinstance(epochs, (int, np.integer))
+        or epochs < 0
+    ):
+        raise ValueError(
+            f"epochs must be a non-negative integer, got epochs={epochs!r}"
+        )
+    if clip is not None and not (
+        isinstance(clip, (int, float, np.number)) and clip > 0
+    ):
+        raise ValueError(
+            f"clip must be None or a positive max_norm, got clip={clip!r}"
+        )
+    if metrics is not None and not (
+        isinstance(metrics, dict)
+        and all(callable(f) for f in metrics.values())
+    ):
+        raise TypeError(
+            f"metrics must be a dict from names to functions `f(output, target) -> float`, got {metrics!r}"
+        )
 
 # %% ../nbs/13c_training.ipynb #ac5727f1
-def _train_step(model, loss_fn, optimizer, scheduler, params, clip, xb, yb, history):
+def _train_step(
+    model, loss_fn, optimizer, scheduler, params, clip, xb, yb, history
+):
     "One optimizer step on one batch; records loss, lr and gradient norm; returns the model's output."
     output = model(Tensor(xb))
     loss = loss_fn(output, yb)
     optimizer.zero_grad()
     loss.backward()
     grads = [p.grad for p in params if p.grad is not None]
-    norm = clip_grad_norm_(params, clip) if clip is not None else get_total_norm(grads)   # the norm before clipping
+    norm = (
+        clip_grad_norm_(params, clip)
+        if clip is not None
+        else get_total_norm(grads)
+    )  # the norm before clipping
     history.lr.append(float(optimizer.param_groups[0]["lr"]))
     optimizer.step()
-    if scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau): scheduler.step()   # once per batch
-    history.loss.append(float(loss.item())); history.grad_norm.append(float(norm))
+    if scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau):
+        scheduler.step()  # once per batch
+    history.loss.append(float(loss.item()))
+    history.grad_norm.append(float(norm))
     return output.data, history.loss[-1]
 
 # %% ../nbs/13c_training.ipynb #bb33bac6
 class _Averages:
     "Means over examples of the loss and the metrics, from per-batch values weighted by batch size."
-    def __init__(self, metrics): self.metrics, self.n, self.sums = metrics, 0, {"loss": 0.0, **{k: 0.0 for k in metrics}}
+
+    def __init__(self, metrics):
+        self.metrics, self.n, self.sums = (
+            metrics,
+            0,
+            {"loss": 0.0, **{k: 0.0 for k in metrics}},
+        )
+
     def add(self, loss, output, target):
         k = len(target)
-        self.n += k; self.sums["loss"] += loss * k
-        for name, f in self.metrics.items(): self.sums[name] += f(output, target) * k
-    def means(self): return {k: (v / self.n if self.n else math.nan) for k, v in self.sums.items()}
+        self.n += k
+        self.sums["loss"] += loss * k
+        for name, f in self.metrics.items():
+            self.sums[name] += f(output, target) * k
 
-def evaluate(model, # called on a Tensor batch, returns a Tensor of outputs
-             loss_fn, # `loss_fn(output, target)` returns a scalar Tensor
-             loader, # an iterable of `(x, y)` batches
-             metrics:dict|None=None, # name -> `f(output, target) -> float`; accuracy for integer targets if None
-            ) -> dict:
+    def means(self):
+        return {
+            k: (v / self.n if self.n else math.nan)
+            for k, v in self.sums.items()
+        }
+
+
+def evaluate(
+    model,  # called on a Tensor batch, returns a Tensor of outputs
+    loss_fn,  # `loss_fn(output, target)` returns a scalar Tensor
+    loader,  # an iterable of `(x, y)` batches
+    metrics: dict
+    | None = None,  # name -> `f(output, target) -> float`; accuracy for integer targets if None
+) -> dict:
     "Mean loss and metrics over `loader`, in eval mode and without recording gradients."
     was_training, averages = getattr(model, "training", True), None
-    if hasattr(model, "eval"): model.eval()
+    if hasattr(model, "eval"):
+        model.eval()
     try:
         with no_grad():
             for xb, yb in loader:
-                averages = averages or _Averages(_default_metrics(yb) if metrics is None else metrics)
+                averages = averages or _Averages(
+                    _default_metrics(yb) if metrics is None else metrics
+                )
                 output = model(Tensor(xb))
-                averages.add(float(loss_fn(output, yb).item()), output.data, yb)
+                averages.add(
+                    float(loss_fn(output, yb).item()), output.data, yb
+                )
     finally:
-        if hasattr(model, "train"): model.train(was_training)
+        if hasattr(model, "train"):
+            model.train(was_training)
     return averages.means() if averages else {"loss": math.nan}
 
 # %% ../nbs/13c_training.ipynb #425d9b33
 class _Progress:
     "One line per epoch: a tqdm bar where tqdm is installed, printed lines otherwise, nothing when off."
+
     def __init__(self, epochs, progress):
         self.bar, self.on = None, bool(progress)
-        if not self.on: return
-        try: from tqdm import tqdm
-        except ImportError: return
-        self.bar = tqdm(total=epochs, unit="epoch", file=sys.stdout,
-                        bar_format="{n_fmt}/{total_fmt} epochs |{bar:20}| {elapsed}<{remaining}{postfix}")
+        if not self.on:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(
+            total=epochs,
+            unit="epoch",
+            file=sys.stdout,
+            bar_format="{n_fmt}/{total_fmt} epochs |{bar:20}| {elapsed}<{remaining}{postfix}",
+        )
 
-    def update(self, epoch, epochs, record:dict):
-        if not self.on: return
-        text = " ".join(f"{k} {v:.4f}" for k, v in record.items() if not math.isnan(v))
-        if self.bar is None: print(f"epoch {epoch + 1}/{epochs}: {text}", flush=True)
-        else: self.bar.set_postfix_str(text, refresh=False); self.bar.update(1)
+    def update(self, epoch, epochs, record: dict):
+        if not self.on:
+            return
+        text = " ".join(
+            f"{k} {v:.4f}" for k, v in record.items() if not math.isnan(v)
+        )
+        if self.bar is None:
+            print(f"epoch {epoch + 1}/{epochs}: {text}", flush=True)
+        else:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(1)
 
     def close(self):
-        if self.bar is not None: self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 # %% ../nbs/13c_training.ipynb #6e444098
-def fit(model, # a Module (or any callable with `.parameters()`), called on a Tensor batch
-        loss_fn, # `loss_fn(output, target)` returns a scalar Tensor
-        optimizer, # updates the parameters; its groups name the parameters to train
-        train_loader, # an iterable of `(x, y)` batches, e.g. a `DataLoader`, iterated once per epoch
-        valid_loader=None, # batches to evaluate after each epoch, or None
-        epochs:int=1, # passes over `train_loader`
-        scheduler=None, # stepped after every batch; a `ReduceLROnPlateau` after every epoch with the validation loss
-        clip:float|None=None, # clip the total gradient norm to this value before each step
-        progress:bool=True, # show progress: a tqdm bar if tqdm is installed, printed lines otherwise
-        metrics:dict|None=None, # name -> `f(output, target) -> float`; accuracy for integer targets if None
-       ) -> History:
+def fit(
+    model,  # a Module (or any callable with `.parameters()`), called on a Tensor batch
+    loss_fn,  # `loss_fn(output, target)` returns a scalar Tensor
+    optimizer,  # updates the parameters; its groups name the parameters to train
+    train_loader,  # an iterable of `(x, y)` batches, e.g. a `DataLoader`, iterated once per epoch
+    valid_loader=None,  # batches to evaluate after each epoch, or None
+    epochs: int = 1,  # passes over `train_loader`
+    scheduler=None,  # stepped after every batch; a `ReduceLROnPlateau` after every epoch with the validation loss
+    clip: float
+    | None = None,  # clip the total gradient norm to this value before each step
+    progress: bool = True,  # show progress: a tqdm bar if tqdm is installed, printed lines otherwise
+    metrics: dict
+    | None = None,  # name -> `f(output, target) -> float`; accuracy for integer targets if None
+) -> History:
     "Train `model`: forward, loss, backward, optional clipping, step, schedule; evaluate after each epoch."
     _check_fit_args(epochs, clip, metrics)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -134,53 +224,125 @@ def fit(model, # a Module (or any callable with `.parameters()`), called on a Te
     try:
         for epoch in range(epochs):
             start, averages = time.perf_counter(), None
-            if hasattr(model, "train"): model.train()
+            if hasattr(model, "train"):
+                model.train()
             for xb, yb in train_loader:
-                averages = averages or _Averages(_default_metrics(yb) if metrics is None else metrics)
-                output, loss = _train_step(model, loss_fn, optimizer, scheduler, params, clip, xb, yb, history)
+                averages = averages or _Averages(
+                    _default_metrics(yb) if metrics is None else metrics
+                )
+                output, loss = _train_step(
+                    model,
+                    loss_fn,
+                    optimizer,
+                    scheduler,
+                    params,
+                    clip,
+                    xb,
+                    yb,
+                    history,
+                )
                 averages.add(loss, output, yb)
             train = averages.means() if averages else {"loss": math.nan}
-            valid = evaluate(model, loss_fn, valid_loader, metrics) if valid_loader is not None else {"loss": math.nan}
-            if isinstance(scheduler, ReduceLROnPlateau): scheduler.step(valid["loss"] if valid_loader is not None else train["loss"])
+            valid = (
+                evaluate(model, loss_fn, valid_loader, metrics)
+                if valid_loader is not None
+                else {"loss": math.nan}
+            )
+            if isinstance(scheduler, ReduceLROnPlateau):
+                scheduler.step(
+                    valid["loss"]
+                    if valid_loader is not None
+                    else train["loss"]
+                )
             _record_epoch(history, train, valid, time.perf_counter() - start)
-            bar.update(epoch, epochs, {"train_loss": train["loss"], "valid_loss": valid["loss"],
-                                       **{f"valid_{k}": v for k, v in valid.items() if k != "loss"}})
-    finally: bar.close()
+            bar.update(
+                epoch,
+                epochs,
+                {
+                    "train_loss": train["loss"],
+                    "valid_loss": valid["loss"],
+                    **{
+                        f"valid_{k}": v
+                        for k, v in valid.items()
+                        if k != "loss"
+                    },
+                },
+            )
+    finally:
+        bar.close()
     return history
 
-def _record_epoch(history, train:dict, valid:dict, seconds:float):
-    history.train_loss.append(train["loss"]); history.valid_loss.append(valid["loss"])
+
+def _record_epoch(history, train: dict, valid: dict, seconds: float):
+    history.train_loss.append(train["loss"])
+    history.valid_loss.append(valid["loss"])
     for name, value in train.items():
-        if name != "loss": history.train_metrics.setdefault(name, []).append(value)
+        if name != "loss":
+            history.train_metrics.setdefault(name, []).append(value)
     for name, value in valid.items():
-        if name != "loss": history.valid_metrics.setdefault(name, []).append(value)
+        if name != "loss":
+            history.valid_metrics.setdefault(name, []).append(value)
     history.epoch_time.append(seconds)
 
 # %% ../nbs/13c_training.ipynb #46f9e99b
-def plot_history(history:History, # as returned by `fit`
-                 axes=None, # three matplotlib axes to draw on; a new figure if None
-                 label:str|None=None, # legend label of this run
-                 color=None, # line colour
-                ):
+def plot_history(
+    history: History,  # as returned by `fit`
+    axes=None,  # three matplotlib axes to draw on; a new figure if None
+    label: str | None = None,  # legend label of this run
+    color=None,  # line colour
+):
     "Three panels: training loss per step and per epoch (log scale), accuracy per epoch, learning rate per step."
-    import matplotlib.pyplot as plt   # imported here: minima does not need matplotlib to train
-    if axes is None: axes = plt.subplots(1, 3, figsize=(13, 3.6))[1]
+    import matplotlib.pyplot as plt  # imported here: minima does not need matplotlib to train
+
+    if axes is None:
+        axes = plt.subplots(1, 3, figsize=(13, 3.6))[1]
     ax_loss, ax_acc, ax_lr = axes
     steps = np.arange(1, len(history.loss) + 1)
     per_epoch = len(history.loss) / max(len(history.train_loss), 1)
     epoch_ends = per_epoch * np.arange(1, len(history.train_loss) + 1)
     prefix = f"{label}: " if label else ""
     ax_loss.plot(steps, history.loss, color=color, alpha=0.3, lw=0.8)
-    ax_loss.plot(epoch_ends, history.train_loss, "o-", color=color, ms=3, label=f"{prefix}train")
+    ax_loss.plot(
+        epoch_ends,
+        history.train_loss,
+        "o-",
+        color=color,
+        ms=3,
+        label=f"{prefix}train",
+    )
     if not all(math.isnan(v) for v in history.valid_loss):
-        ax_loss.plot(epoch_ends, history.valid_loss, "s--", color=color, ms=3, label=f"{prefix}valid")
-    ax_loss.set(yscale="log", xlabel="step", ylabel="loss", title="Loss (faint: per batch)")
+        ax_loss.plot(
+            epoch_ends,
+            history.valid_loss,
+            "s--",
+            color=color,
+            ms=3,
+            label=f"{prefix}valid",
+        )
+    ax_loss.set(
+        yscale="log",
+        xlabel="step",
+        ylabel="loss",
+        title="Loss (faint: per batch)",
+    )
     epochs = np.arange(1, len(history.train_loss) + 1)
-    for name, values, style in (("train", history.train_accuracy, "o-"), ("valid", history.valid_accuracy, "s--")):
-        if values: ax_acc.plot(epochs, values, style, color=color, ms=3, label=f"{prefix}{name}")
+    for name, values, style in (
+        ("train", history.train_accuracy, "o-"),
+        ("valid", history.valid_accuracy, "s--"),
+    ):
+        if values:
+            ax_acc.plot(
+                epochs,
+                values,
+                style,
+                color=color,
+                ms=3,
+                label=f"{prefix}{name}",
+            )
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
     ax_lr.plot(steps, history.lr, color=color, label=label)
     ax_lr.set(xlabel="step", ylabel="learning rate", title="Learning rate")
     for ax in axes:
-        if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     return axes

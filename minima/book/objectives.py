@@ -13,38 +13,52 @@ __all__ = ['paraboloid', 'stretched_paraboloid', 'rosenbrock', 'beale', 'himmelb
 # %% ../../nbs/02_functions.ipynb #d61c4eb6
 class Objective:
     "A 2-d test function: vectorised value `f(x)`, exact gradient `f.grad(x)`, its minima and a plotting window."
-    name, domain = 'objective', ((-5.0, 5.0), (-5.0, 5.0))
+
+    name, domain = "objective", ((-5.0, 5.0), (-5.0, 5.0))
     minima = np.zeros((1, 2))
 
-    def __call__(self, x): # points, shape `(..., 2)`
+    def __call__(self, x):  # points, shape `(..., 2)`
         "The value at each point, shape `(...)`."
         x = np.asarray(x, dtype=np.float64)
         return self.value(x[..., 0], x[..., 1])
 
-    def grad(self, x): # points, shape `(..., 2)`
+    def grad(self, x):  # points, shape `(..., 2)`
         "The exact gradient at each point, shape `(..., 2)`."
         x = np.asarray(x, dtype=np.float64)
         return np.stack(self.partials(x[..., 0], x[..., 1]), axis=-1)
 
     @property
-    def minimum(self): return self.minima[0]
-    @property
-    def min_value(self): return float(self(self.minimum))
+    def minimum(self):
+        return self.minima[0]
 
-    def value(self, x1, x2): raise NotImplementedError
-    def partials(self, x1, x2): raise NotImplementedError
-    def __repr__(self): return f"{type(self).__name__}({self.name!r})"
+    @property
+    def min_value(self):
+        return float(self(self.minimum))
+
+    def value(self, x1, x2):
+        raise NotImplementedError
+
+    def partials(self, x1, x2):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r})"
 
 # %% ../../nbs/02_functions.ipynb #e0403797
 class Quadratic(Objective):
     "The paraboloid `a1*x1**2 + a2*x2**2 + c`, minimum `c` at the origin."
-    def __init__(self,
-                 a1:float=0.2, # coefficient of x1**2 (curvature 2*a1)
-                 a2:float=0.2, # coefficient of x2**2 (curvature 2*a2)
-                 c:float=-5.0, # value at the minimum
-                 name:str=None, # label used in plots
-                 domain=((-8.0, 8.0), (-8.0, 8.0)), # plotting window ((x1_min, x1_max), (x2_min, x2_max))
-                ):
+
+    def __init__(
+        self,
+        a1: float = 0.2,  # coefficient of x1**2 (curvature 2*a1)
+        a2: float = 0.2,  # coefficient of x2**2 (curvature 2*a2)
+        c: float = -5.0,  # value at the minimum
+        name: str = None,  # label used in plots
+        domain=(
+            (-8.0, 8.0),
+            (-8.0, 8.0),
+        ),  # plotting window ((x1_min, x1_max), (x2_min, x2_max))
+    ):
         self.a1, self.a2, self.c, self.domain = a1, a2, c, domain
         self.name = name or f"{a1:g}*x1^2 + {a2:g}*x2^2 + {c:g}"
         self.minima = np.zeros((1, 2))
@@ -54,25 +68,38 @@ class Quadratic(Objective):
         "The second derivatives along x1 and x2, the eigenvalues of the Hessian."
         return np.array([2 * self.a1, 2 * self.a2])
 
-    def value(self, x1, x2): return self.a1 * x1**2 + self.a2 * x2**2 + self.c
-    def partials(self, x1, x2): return 2 * self.a1 * x1, 2 * self.a2 * x2
+    def value(self, x1, x2):
+        return self.a1 * x1**2 + self.a2 * x2**2 + self.c
+
+    def partials(self, x1, x2):
+        return 2 * self.a1 * x1, 2 * self.a2 * x2
 
 # %% ../../nbs/02_functions.ipynb #9f20affc
-paraboloid = Quadratic(0.2, 0.2, -5.0, name='paraboloid')
-stretched_paraboloid = Quadratic(0.2, 2.0, -5.0, name='stretched paraboloid', domain=((-8.0, 8.0), (-4.0, 4.0)))
+paraboloid = Quadratic(0.2, 0.2, -5.0, name="paraboloid")
+stretched_paraboloid = Quadratic(
+    0.2,
+    2.0,
+    -5.0,
+    name="stretched paraboloid",
+    domain=((-8.0, 8.0), (-4.0, 4.0)),
+)
 
 # %% ../../nbs/02_functions.ipynb #1917c7d8
 class Rosenbrock(Objective):
     "Rosenbrock's banana valley `(a - x1)**2 + b*(x2 - x1**2)**2`, minimum 0 at `(a, a**2)`."
-    def __init__(self,
-                 a:float=1.0, # position of the minimum along x1
-                 b:float=100.0, # steepness of the valley walls
-                ):
-        self.a, self.b, self.name = a, b, 'Rosenbrock'
+
+    def __init__(
+        self,
+        a: float = 1.0,  # position of the minimum along x1
+        b: float = 100.0,  # steepness of the valley walls
+    ):
+        self.a, self.b, self.name = a, b, "Rosenbrock"
         self.domain = ((-2.0, 2.0), (-1.0, 3.0))
         self.minima = np.array([[a, a * a]])
 
-    def value(self, x1, x2): return (self.a - x1)**2 + self.b * (x2 - x1**2)**2
+    def value(self, x1, x2):
+        return (self.a - x1) ** 2 + self.b * (x2 - x1**2) ** 2
+
     def partials(self, x1, x2):
         wall = x2 - x1**2
         return -2 * (self.a - x1) - 4 * self.b * x1 * wall, 2 * self.b * wall
@@ -83,18 +110,26 @@ rosenbrock = Rosenbrock()
 # %% ../../nbs/02_functions.ipynb #244ea61b
 class Beale(Objective):
     "Beale's function, minimum 0 at (3, 0.5)."
-    name, domain = 'Beale', ((-4.5, 4.5), (-4.5, 4.5))
+
+    name, domain = "Beale", ((-4.5, 4.5), (-4.5, 4.5))
     minima = np.array([[3.0, 0.5]])
     _consts = (1.5, 2.25, 2.625)
 
     def _terms(self, x1, x2):
         "Each term `c_k - x1 + x1*x2**k` with its derivatives along x1 and x2."
-        return [(c - x1 + x1 * x2**k, x2**k - 1, k * x1 * x2**(k - 1)) for k, c in enumerate(self._consts, start=1)]
+        return [
+            (c - x1 + x1 * x2**k, x2**k - 1, k * x1 * x2 ** (k - 1))
+            for k, c in enumerate(self._consts, start=1)
+        ]
 
-    def value(self, x1, x2): return sum(t**2 for t, _, _ in self._terms(x1, x2))
+    def value(self, x1, x2):
+        return sum(t**2 for t, _, _ in self._terms(x1, x2))
+
     def partials(self, x1, x2):
         terms = self._terms(x1, x2)
-        return sum(2 * t * d1 for t, d1, _ in terms), sum(2 * t * d2 for t, _, d2 in terms)
+        return sum(2 * t * d1 for t, d1, _ in terms), sum(
+            2 * t * d2 for t, _, d2 in terms
+        )
 
 # %% ../../nbs/02_functions.ipynb #ffa26a75
 beale = Beale()
@@ -102,13 +137,21 @@ beale = Beale()
 # %% ../../nbs/02_functions.ipynb #2d4e7486
 class Himmelblau(Objective):
     "Himmelblau's function, four global minima with value 0 (`minimum` is (3, 2))."
-    name, domain = 'Himmelblau', ((-5.0, 5.0), (-5.0, 5.0))
+
+    name, domain = "Himmelblau", ((-5.0, 5.0), (-5.0, 5.0))
 
     def __init__(self):
-        approx = [[3.0, 2.0], [-2.805118, 3.131312], [-3.779310, -3.283186], [3.584428, -1.848126]]
+        approx = [
+            [3.0, 2.0],
+            [-2.805118, 3.131312],
+            [-3.779310, -3.283186],
+            [3.584428, -1.848126],
+        ]
         self.minima = np.array([self._polish(np.array(x)) for x in approx])
 
-    def value(self, x1, x2): return (x1**2 + x2 - 11)**2 + (x1 + x2**2 - 7)**2
+    def value(self, x1, x2):
+        return (x1**2 + x2 - 11) ** 2 + (x1 + x2**2 - 7) ** 2
+
     def partials(self, x1, x2):
         u, v = x1**2 + x2 - 11, x1 + x2**2 - 7
         return 4 * x1 * u + 2 * v, 2 * u + 4 * x2 * v
@@ -117,10 +160,16 @@ class Himmelblau(Objective):
         "The exact 2x2 Hessian at one point."
         x1, x2 = x
         u, v = x1**2 + x2 - 11, x1 + x2**2 - 7
-        return np.array([[4 * u + 8 * x1**2 + 2, 4 * (x1 + x2)], [4 * (x1 + x2), 4 * v + 8 * x2**2 + 2]])
+        return np.array(
+            [
+                [4 * u + 8 * x1**2 + 2, 4 * (x1 + x2)],
+                [4 * (x1 + x2), 4 * v + 8 * x2**2 + 2],
+            ]
+        )
 
     def _polish(self, x, steps=5):
-        for _ in range(steps): x = x - np.linalg.solve(self.hessian(x), self.grad(x))
+        for _ in range(steps):
+            x = x - np.linalg.solve(self.hessian(x), self.grad(x))
         return x
 
 # %% ../../nbs/02_functions.ipynb #7459419d
@@ -129,22 +178,27 @@ himmelblau = Himmelblau()
 # %% ../../nbs/02_functions.ipynb #cc5a9a7c
 class NoisyQuadratic(Quadratic):
     "A paraboloid whose `grad` adds Gaussian noise from its own seeded generator (a model of minibatch gradients)."
-    def __init__(self,
-                 a1:float=0.2, # coefficient of x1**2
-                 a2:float=2.0, # coefficient of x2**2
-                 c:float=-5.0, # value at the minimum
-                 noise:float=1.0, # standard deviation of the noise added to each gradient coordinate
-                 seed:int=0, # seed of the noise generator (`reset()` returns to it)
-                 name:str='noisy quadratic',
-                 domain=((-8.0, 8.0), (-4.0, 4.0)),
-                ):
+
+    def __init__(
+        self,
+        a1: float = 0.2,  # coefficient of x1**2
+        a2: float = 2.0,  # coefficient of x2**2
+        c: float = -5.0,  # value at the minimum
+        noise: float = 1.0,  # standard deviation of the noise added to each gradient coordinate
+        seed: int = 0,  # seed of the noise generator (`reset()` returns to it)
+        name: str = "noisy quadratic",
+        domain=((-8.0, 8.0), (-4.0, 4.0)),
+    ):
         super().__init__(a1, a2, c, name=name, domain=domain)
         self.noise, self.seed = noise, seed
         self.reset()
 
-    def reset(self, seed:int=None): # a new seed; None rewinds to the current one
+    def reset(
+        self, seed: int = None
+    ):  # a new seed; None rewinds to the current one
         "Restart the noise generator, so the same calls give the same noisy gradients."
-        if seed is not None: self.seed = seed
+        if seed is not None:
+            self.seed = seed
         self.rng = np.random.default_rng(self.seed)
         return self
 
@@ -161,10 +215,11 @@ class NoisyQuadratic(Quadratic):
 noisy_quadratic = NoisyQuadratic()
 
 # %% ../../nbs/02_functions.ipynb #07ad87d6
-def numerical_grad(f, # a function of points `(..., 2)`
-                   x, # points, shape `(..., 2)`
-                   h:float=1e-6, # step of the central difference
-                  ):
+def numerical_grad(
+    f,  # a function of points `(..., 2)`
+    x,  # points, shape `(..., 2)`
+    h: float = 1e-6,  # step of the central difference
+):
     "Central-difference gradient of `f` at `x`, shape `(..., 2)`."
     x = np.asarray(x, dtype=np.float64)
     steps = h * np.eye(2)

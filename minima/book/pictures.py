@@ -11,45 +11,86 @@ __all__ = ['COLORS', 'color_for', 'trajectory', 'plot_contours', 'plot_trajector
            'plot_schedule']
 
 # %% ../../nbs/02b_viz.ipynb #c4747ba3
-COLORS = {'GD': 'tab:gray', 'SGD': 'tab:blue', 'Momentum': 'tab:orange', 'Nesterov': 'tab:green',
-          'AdaGrad': 'tab:red', 'RMSprop': 'tab:purple', 'Adadelta': 'tab:brown', 'Adam': 'tab:pink',
-          'AMSGrad': 'gold', 'AdamW': 'tab:olive', 'Adamax': 'tab:cyan', 'NAdam': 'navy', 'RAdam': 'darkred',
-          'LBFGS': 'black', 'Rprop': 'teal', 'ASGD': 'indigo',
-          'Adafactor': 'orchid', 'Lion': 'limegreen', 'AdamWScheduleFree': 'darkviolet',
-          'SGDScheduleFree': 'steelblue', 'Prodigy': 'chocolate', 'Lookahead': 'darkslategray'}
+COLORS = {
+    "GD": "tab:gray",
+    "SGD": "tab:blue",
+    "Momentum": "tab:orange",
+    "Nesterov": "tab:green",
+    "AdaGrad": "tab:red",
+    "RMSprop": "tab:purple",
+    "Adadelta": "tab:brown",
+    "Adam": "tab:pink",
+    "AMSGrad": "gold",
+    "AdamW": "tab:olive",
+    "Adamax": "tab:cyan",
+    "NAdam": "navy",
+    "RAdam": "darkred",
+    "LBFGS": "black",
+    "Rprop": "teal",
+    "ASGD": "indigo",
+    "Adafactor": "orchid",
+    "Lion": "limegreen",
+    "AdamWScheduleFree": "darkviolet",
+    "SGDScheduleFree": "steelblue",
+    "Prodigy": "chocolate",
+    "Lookahead": "darkslategray",
+}
 
-_FALLBACK = ['crimson', 'darkgreen', 'sienna', 'slateblue', 'darkorange', 'deeppink', 'darkcyan', 'olive']
+_FALLBACK = [
+    "crimson",
+    "darkgreen",
+    "sienna",
+    "slateblue",
+    "darkorange",
+    "deeppink",
+    "darkcyan",
+    "olive",
+]
 _assigned = {}
 
-def color_for(label:str # e.g. 'Adam', 'Adam lr=0.1', 'Momentum 0.9'
-             ) -> str:
+
+def color_for(
+    label: str,  # e.g. 'Adam', 'Adam lr=0.1', 'Momentum 0.9'
+) -> str:
     "The colour of the longest optimizer name in `COLORS` that starts `label`, else a fallback colour."
     known = [name for name in COLORS if label.lower().startswith(name.lower())]
-    if known: return COLORS[max(known, key=len)]
-    return _assigned.setdefault(label, _FALLBACK[len(_assigned) % len(_FALLBACK)])
+    if known:
+        return COLORS[max(known, key=len)]
+    return _assigned.setdefault(
+        label, _FALLBACK[len(_assigned) % len(_FALLBACK)]
+    )
 
 # %% ../../nbs/02b_viz.ipynb #74f139c6
 class _Point:
     "A one-point parameter following the parameter protocol."
-    def __init__(self, x): self.data, self.grad = np.array(x, dtype=np.float64), None
 
-def trajectory(make_optimizer, # called with `[param]`, returns an optimizer
-               f, # a test function from `minima.book.objectives`
-               x0, # starting point, shape `(2,)`
-               steps:int, # number of optimizer steps
-               closure:bool=False, # pass a closure to `step` (it sets the gradient and returns the loss)
-              ):
+    def __init__(self, x):
+        self.data, self.grad = np.array(x, dtype=np.float64), None
+
+
+def trajectory(
+    make_optimizer,  # called with `[param]`, returns an optimizer
+    f,  # a test function from `minima.book.objectives`
+    x0,  # starting point, shape `(2,)`
+    steps: int,  # number of optimizer steps
+    closure: bool = False,  # pass a closure to `step` (it sets the gradient and returns the loss)
+):
     "Run an optimizer on `f` from `x0`: the points visited `(steps+1, 2)` and the values of `f` there `(steps+1,)`."
     param = _Point(x0)
     opt = make_optimizer([param])
+
     def evaluate():
         param.grad = f.grad(param.data)
         return f(param.data)
+
     points = [param.data.copy()]
-    with np.errstate(over='ignore', invalid='ignore'):
+    with np.errstate(over="ignore", invalid="ignore"):
         for _ in range(steps):
-            if closure: opt.step(evaluate)
-            else: param.grad = f.grad(param.data); opt.step()
+            if closure:
+                opt.step(evaluate)
+            else:
+                param.grad = f.grad(param.data)
+                opt.step()
             points.append(param.data.copy())
         points = np.array(points)
         return points, f(points)
@@ -57,16 +98,19 @@ def trajectory(make_optimizer, # called with `[param]`, returns an optimizer
 # %% ../../nbs/02b_viz.ipynb #ba6b81dc
 def _axes(ax):
     import matplotlib.pyplot as plt
+
     return ax if ax is not None else plt.subplots(figsize=(6, 4.5))[1]
+
 
 def _line_styles(labels):
     "One line style per label: runs that share a colour (one optimizer, several settings) get different styles."
-    styles, seen, out = ['-', '--', ':', '-.'], {}, []
+    styles, seen, out = ["-", "--", ":", "-."], {}, []
     for label in labels:
         color = color_for(label)
         out.append(styles[seen.get(color, 0) % len(styles)])
         seen[color] = seen.get(color, 0) + 1
     return out
+
 
 def _default_levels(z, min_value, n=30):
     "Levels geometrically spaced in `f - f_min` between its 0.5th and 99th percentiles over the grid."
@@ -74,84 +118,140 @@ def _default_levels(z, min_value, n=30):
     lo, hi = np.nanpercentile(gap, [0.5, 99])
     return min_value + np.geomspace(max(lo, hi * 1e-9, 1e-12), hi, n)
 
-def plot_contours(f, # a test function from `minima.book.objectives`
-                  ax=None, # matplotlib Axes; a new figure when None
-                  title:str=None, # plot title (default: the function's name)
-                  levels=None, # contour levels; default: geometric in f - f_min
-                  resolution:int=200, # grid points per axis
-                 ):
+
+def plot_contours(
+    f,  # a test function from `minima.book.objectives`
+    ax=None,  # matplotlib Axes; a new figure when None
+    title: str = None,  # plot title (default: the function's name)
+    levels=None,  # contour levels; default: geometric in f - f_min
+    resolution: int = 200,  # grid points per axis
+):
     "Contour lines of `f` over `f.domain` with its minima starred; returns the Axes."
     ax = _axes(ax)
     (x1lo, x1hi), (x2lo, x2hi) = f.domain
-    x1, x2 = np.meshgrid(np.linspace(x1lo, x1hi, resolution), np.linspace(x2lo, x2hi, resolution))
+    x1, x2 = np.meshgrid(
+        np.linspace(x1lo, x1hi, resolution),
+        np.linspace(x2lo, x2hi, resolution),
+    )
     z = f(np.stack([x1, x2], axis=-1))
-    ax.contour(x1, x2, z, levels=_default_levels(z, f.min_value) if levels is None else levels,
-               cmap='viridis', linewidths=0.7, alpha=0.7)
-    ax.plot(*np.asarray(f.minima).T, '*', color='black', markersize=12, linestyle='none', label='minimum')
-    ax.set(xlim=(x1lo, x1hi), ylim=(x2lo, x2hi), xlabel='$x_1$', ylabel='$x_2$', title=title or f.name)
+    ax.contour(
+        x1,
+        x2,
+        z,
+        levels=_default_levels(z, f.min_value) if levels is None else levels,
+        cmap="viridis",
+        linewidths=0.7,
+        alpha=0.7,
+    )
+    ax.plot(
+        *np.asarray(f.minima).T,
+        "*",
+        color="black",
+        markersize=12,
+        linestyle="none",
+        label="minimum",
+    )
+    ax.set(
+        xlim=(x1lo, x1hi),
+        ylim=(x2lo, x2hi),
+        xlabel="$x_1$",
+        ylabel="$x_2$",
+        title=title or f.name,
+    )
     return ax
 
 # %% ../../nbs/02b_viz.ipynb #ee9eea92
-def plot_trajectories(f, # a test function from `minima.book.objectives`
-                      runs:dict, # label -> points visited, shape `(steps+1, 2)`
-                      ax=None, # matplotlib Axes; a new figure when None
-                      title:str=None, # plot title (default: the function's name)
-                      levels=None, # contour levels; default: geometric in f - f_min
-                      markers:bool=True, # mark every visited point
-                     ):
+def plot_trajectories(
+    f,  # a test function from `minima.book.objectives`
+    runs: dict,  # label -> points visited, shape `(steps+1, 2)`
+    ax=None,  # matplotlib Axes; a new figure when None
+    title: str = None,  # plot title (default: the function's name)
+    levels=None,  # contour levels; default: geometric in f - f_min
+    markers: bool = True,  # mark every visited point
+):
     "Paths of several optimizers on the contours of `f`, start and minima marked; returns the Axes."
     ax = plot_contours(f, ax=ax, title=title, levels=levels)
     for (label, points), style in zip(runs.items(), _line_styles(runs)):
         points, color = np.asarray(points), color_for(label)
-        ax.plot(points[:, 0], points[:, 1], style, marker='o' if markers else None, color=color, label=label,
-                markersize=3, linewidth=1.5)
+        ax.plot(
+            points[:, 0],
+            points[:, 1],
+            style,
+            marker="o" if markers else None,
+            color=color,
+            label=label,
+            markersize=3,
+            linewidth=1.5,
+        )
     starts = {tuple(np.asarray(p)[0]) for p in runs.values()}
-    ax.plot(*np.array(sorted(starts)).T, 'o', color='black', markerfacecolor='white', markersize=8,
-            linestyle='none', label='start')
-    ax.legend(fontsize='small', loc='best')
+    ax.plot(
+        *np.array(sorted(starts)).T,
+        "o",
+        color="black",
+        markerfacecolor="white",
+        markersize=8,
+        linestyle="none",
+        label="start",
+    )
+    ax.legend(fontsize="small", loc="best")
     return ax
 
 # %% ../../nbs/02b_viz.ipynb #ea07be3f
-def plot_losses(runs:dict, # label -> values per step
-                ax=None, # matplotlib Axes; a new figure when None
-                title:str=None, # plot title
-                log:bool=True, # logarithmic y axis
-                ylabel:str='$f(x) - f_{\\min}$', # y-axis label
-               ):
+def plot_losses(
+    runs: dict,  # label -> values per step
+    ax=None,  # matplotlib Axes; a new figure when None
+    title: str = None,  # plot title
+    log: bool = True,  # logarithmic y axis
+    ylabel: str = "$f(x) - f_{\\min}$",  # y-axis label
+):
     "Loss (or distance to the minimum value) against step for several runs; returns the Axes."
     ax = _axes(ax)
     for (label, values), style in zip(runs.items(), _line_styles(runs)):
         values = np.asarray(values, dtype=np.float64)
-        if log: values = np.where(values > 0, values, np.nan)
-        ax.plot(np.arange(len(values)), values, style, color=color_for(label), label=label)
-    if log: ax.set_yscale('log')
-    ax.set(xlabel='step', ylabel=ylabel, title=title)
-    ax.legend(fontsize='small')
+        if log:
+            values = np.where(values > 0, values, np.nan)
+        ax.plot(
+            np.arange(len(values)),
+            values,
+            style,
+            color=color_for(label),
+            label=label,
+        )
+    if log:
+        ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    ax.legend(fontsize="small")
     return ax
 
 # %% ../../nbs/02b_viz.ipynb #8e501f75
-def steps_to_reach(values, # values of f along a run, e.g. from `trajectory`
-                   tol:float, # how close to `min_value` counts as arrived
-                   min_value:float=0.0, # the minimum value of f
-                  ):
+def steps_to_reach(
+    values,  # values of f along a run, e.g. from `trajectory`
+    tol: float,  # how close to `min_value` counts as arrived
+    min_value: float = 0.0,  # the minimum value of f
+):
     "First step at which `values - min_value <= tol`, or None if it never happens."
-    hits = np.flatnonzero(np.asarray(values, dtype=np.float64) - min_value <= tol)
+    hits = np.flatnonzero(
+        np.asarray(values, dtype=np.float64) - min_value <= tol
+    )
     return int(hits[0]) if hits.size else None
 
 # %% ../../nbs/02b_viz.ipynb #84c534bf
 def _momentum_of(group):
     return group["betas"][0] if "betas" in group else group.get("momentum")
 
-def plot_schedule(make_scheduler, # `make_scheduler(optimizer)` -> a scheduler
-                  steps:int, # number of optimizer steps to draw
-                  ax=None, # matplotlib Axes to draw on (default: a new figure)
-                  title:str=None, # plot title (default: the scheduler's class)
-                  momentum:bool=False, # also draw the momentum, on a right axis
-                 ):
+
+def plot_schedule(
+    make_scheduler,  # `make_scheduler(optimizer)` -> a scheduler
+    steps: int,  # number of optimizer steps to draw
+    ax=None,  # matplotlib Axes to draw on (default: a new figure)
+    title: str = None,  # plot title (default: the scheduler's class)
+    momentum: bool = False,  # also draw the momentum, on a right axis
+):
     """Plot the lr a scheduler gives at each of `steps` steps of a fresh SGD
     (lr 0.1, momentum 0.9); returns the Axes."""
     import matplotlib.pyplot as plt
     from minima.optim.sgd import SGD
+
     optimizer = SGD([_Point(np.zeros(1))], lr=0.1, momentum=0.9)
     scheduler = make_scheduler(optimizer)
     lrs, momentums = [], []
@@ -160,19 +260,30 @@ def plot_schedule(make_scheduler, # `make_scheduler(optimizer)` -> a scheduler
         momentums.append([_momentum_of(g) for g in optimizer.param_groups])
         optimizer.step()
         scheduler.step()
-    if ax is None: _, ax = plt.subplots(figsize=(5, 3))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
     lrs = np.array(lrs)
     for k in range(lrs.shape[1]):
-        ax.plot(lrs[:, k], color="C0", ls=("-", "--", ":", "-.")[k % 4],
-                label="lr" + (f" (group {k})" if k else ""))
-    ax.set(xlabel="step", ylabel="lr",
-           title=title or type(scheduler).__name__)
+        ax.plot(
+            lrs[:, k],
+            color="C0",
+            ls=("-", "--", ":", "-.")[k % 4],
+            label="lr" + (f" (group {k})" if k else ""),
+        )
+    ax.set(xlabel="step", ylabel="lr", title=title or type(scheduler).__name__)
     if momentum:
         ax2 = ax.twinx()
-        ax2.plot(np.array(momentums, dtype=float)[:, 0], color="C1",
-                 label="momentum")
+        ax2.plot(
+            np.array(momentums, dtype=float)[:, 0],
+            color="C1",
+            label="momentum",
+        )
         ax2.set_ylabel("momentum", color="C1")
-        ax2.legend(handles=ax.get_lines() + ax2.get_lines(), loc="best",
-                   fontsize="small")
-    elif lrs.shape[1] > 1: ax.legend(fontsize="small")
+        ax2.legend(
+            handles=ax.get_lines() + ax2.get_lines(),
+            loc="best",
+            fontsize="small",
+        )
+    elif lrs.shape[1] > 1:
+        ax.legend(fontsize="small")
     return ax

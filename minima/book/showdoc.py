@@ -12,35 +12,67 @@ from fastcore.docments import DocmentTbl, MarkdownRenderer
 # %% ../../nbs/98_book.ipynb #d2f0203d
 class _Shown(str):
     "A string that `repr` shows bare, so a default such as `np.float32` reads as code."
-    def __repr__(self): return str(self)
+
+    def __repr__(self):
+        return str(self)
+
 
 def _readable_default(value):
-    if value is inspect.Parameter.empty or not (inspect.isclass(value) or inspect.isfunction(value)): return value
-    prefix = "np." if type(value).__module__.startswith("numpy") or getattr(value, "__module__", "").startswith("numpy") else ""
+    if value is inspect.Parameter.empty or not (
+        inspect.isclass(value) or inspect.isfunction(value)
+    ):
+        return value
+    prefix = (
+        "np."
+        if type(value).__module__.startswith("numpy")
+        or getattr(value, "__module__", "").startswith("numpy")
+        else ""
+    )
     return _Shown(prefix + value.__qualname__)
 
-def format_signature(name:str, # the name to show
-                     sym, # the function or class
-                     width:int=88, # wrap longer signatures at this width
-                    ) -> str:
+
+def format_signature(
+    name: str,  # the name to show
+    sym,  # the function or class
+    width: int = 88,  # wrap longer signatures at this width
+) -> str:
     "`name(args...)` for `sym`, wrapped at `width` characters; types and comments go to the table."
-    try: sig = inspect.signature(sym)
-    except (TypeError, ValueError): return name
+    try:
+        sig = inspect.signature(sym)
+    except (TypeError, ValueError):
+        return name
     empty = inspect.Parameter.empty
-    params = [p.replace(annotation=empty, default=_readable_default(p.default)) for p in sig.parameters.values()]
+    params = [
+        p.replace(annotation=empty, default=_readable_default(p.default))
+        for p in sig.parameters.values()
+    ]
     text = f"{name}{sig.replace(parameters=params, return_annotation=empty)}"
-    if len(text) <= width: return text
-    return textwrap.fill(text, width, subsequent_indent=" " * (len(name) + 1), break_long_words=False)
+    if len(text) <= width:
+        return text
+    return textwrap.fill(
+        text,
+        width,
+        subsequent_indent=" " * (len(name) + 1),
+        break_long_words=False,
+    )
 
 # %% ../../nbs/98_book.ipynb #2b5989e9
 class ApiEntry(MarkdownRenderer):
     "A `show_doc` renderer for jupyter-book: heading, signature, docstring and a table of the arguments."
+
     def arguments_table(self) -> str:
-        try: return DocmentTbl(self.sym)._repr_markdown_()
-        except Exception: return ""  # builtins and C functions have no docments
+        try:
+            return DocmentTbl(self.sym)._repr_markdown_()
+        except Exception:
+            return ""  # builtins and C functions have no docments
 
     def _repr_markdown_(self):
-        parts = [f"{'#' * self.title_level} `{self.nm}`", f"```python\n{format_signature(self.nm, self.sym)}\n```"]
-        if self.docs: parts.append(self.docs)
-        if table := self.arguments_table(): parts.append(table)
+        parts = [
+            f"{'#' * self.title_level} `{self.nm}`",
+            f"```python\n{format_signature(self.nm, self.sym)}\n```",
+        ]
+        if self.docs:
+            parts.append(self.docs)
+        if table := self.arguments_table():
+            parts.append(table)
         return "\n\n".join(parts)

@@ -22,5 +22,18 @@ from ..optim.rprop import Rprop
 from ..optim.asgd import ASGD
 from ..optim.lion import Lion
 
-ELEMENTWISE = (SGD, Adagrad, RMSprop, Adadelta, Adam, Adamax, NAdam, RAdam, Rprop, ASGD, Lion,)   # subclasses (AdamW, GD, the aliases) inherit the registration
-for _cls in ELEMENTWISE: register_fast_step(_cls, step_group)
+ELEMENTWISE = (
+    SGD,
+    Adagrad,
+    RMSprop,
+    Adadelta,
+    Adam,
+    Adamax,
+    NAdam,
+    RAdam,
+    Rprop,
+    ASGD,
+    Lion,
+)  # subclasses (AdamW, GD, the aliases) inherit the registration
+for _cls in ELEMENTWISE:
+    register_fast_step(_cls, step_group)

@@ -14,18 +14,27 @@ __all__ = ['PIECE', 'FLAT_MIN_PARAMS', 'FLAT_MIN_ELEMENTS', 'SMALL_TENSOR', 'ste
            'step_group']
 
 # %% ../../nbs/14_fast.ipynb #e8676083
-PIECE = 1 << 18              # elements per piece: few kernel calls, temporaries that stay in the cache (swept below)
-FLAT_MIN_PARAMS = 8          # with foreach=None a group goes flat from this many parameters of one dtype...
+PIECE = (
+    1 << 18
+)  # elements per piece: few kernel calls, temporaries that stay in the cache (swept below)
+FLAT_MIN_PARAMS = 8  # with foreach=None a group goes flat from this many parameters of one dtype...
 FLAT_MIN_ELEMENTS = 1 << 16  # ...or from this many elements
-SMALL_TENSOR = 1 << 16       # tensors smaller than this on average share one buffer; larger ones keep their own
+SMALL_TENSOR = (
+    1 << 16
+)  # tensors smaller than this on average share one buffer; larger ones keep their own
 
 # %% ../../nbs/14_fast.ipynb #5573f7f1
 def step_bytes(optimizer) -> int:
     "Bytes a step of `optimizer` must move at least: read p, g and each state array, write p and each state array."
     total = 0
     for group in optimizer.param_groups:
-        arrays_read_and_written = 1 + len(optimizer._state_keys(group))   # p and the state arrays
-        for p in group['params']: total += p.data.nbytes * (2 * arrays_read_and_written + 1)  # + reading g
+        arrays_read_and_written = 1 + len(
+            optimizer._state_keys(group)
+        )  # p and the state arrays
+        for p in group["params"]:
+            total += p.data.nbytes * (
+                2 * arrays_read_and_written + 1
+            )  # + reading g
     return total
 
 # %% ../../nbs/14_fast.ipynb #bc795212
@@ -33,187 +42,294 @@ def _views(flat, arrays):
     "Views of the 1-d `flat` shaped like each of `arrays`, one after another."
     out, start = [], 0
     for a in arrays:
-        out.append(flat[start:start + a.size].reshape(a.shape)); start += a.size
+        out.append(flat[start : start + a.size].reshape(a.shape))
+        start += a.size
     return out
 
+
 def _chunk_bounds(size, chunk):
-    return [(lo, min(lo + chunk, size)) for lo in range(0, size, chunk)] or [(0, 0)]
+    return [(lo, min(lo + chunk, size)) for lo in range(0, size, chunk)] or [
+        (0, 0)
+    ]
 
 # %% ../../nbs/14_fast.ipynb #94be242a
 class FlatBuffer:
     "One group's parameters of one dtype, their gradients and their state, each kept in one contiguous array."
-    def __init__(self,
-                 params:list, # parameters of one dtype, each with a gradient
-                 states:list, # their state dicts, holding `keys` and equal 0-d arrays
-                 keys:tuple, # the state arrays shaped like the parameter (e.g. `exp_avg`, `exp_avg_sq`)
-                 piece:int|None=None, # elements per piece (default `PIECE`)
-                ):
-        self.params, self.keys, self.dtype = list(params), tuple(keys), params[0].data.dtype
+
+    def __init__(
+        self,
+        params: list,  # parameters of one dtype, each with a gradient
+        states: list,  # their state dicts, holding `keys` and equal 0-d arrays
+        keys: tuple,  # the state arrays shaped like the parameter (e.g. `exp_avg`, `exp_avg_sq`)
+        piece: int | None = None,  # elements per piece (default `PIECE`)
+    ):
+        self.params, self.keys, self.dtype = (
+            list(params),
+            tuple(keys),
+            params[0].data.dtype,
+        )
         self.size = sum(p.data.size for p in params)
-        self.data, self.grad = np.empty(self.size, self.dtype), np.empty(self.size, self.dtype)
+        self.data, self.grad = (
+            np.empty(self.size, self.dtype),
+            np.empty(self.size, self.dtype),
+        )
         self.state = {k: np.empty(self.size, self.dtype) for k in self.keys}
         self.data_views = _views(self.data, [p.data for p in params])
         self.grad_views = _views(self.grad, [p.data for p in params])
         for p, view in zip(params, self.data_views):
             view[...] = p.data
-            p.data = view   # the one rebinding: an array taken from p.data before this is now stale
+            p.data = view  # the one rebinding: an array taken from p.data before this is now stale
         for k, flat in self.state.items():
             for s, view in zip(states, _views(flat, [s[k] for s in states])):
-                view[...] = s[k]; s[k] = view
+                view[...] = s[k]
+                s[k] = view
         # 0-d state (the step counter, NAdam's mu_product, ...) is equal across the buffer: one shared array
-        self.scalars = {k: np.array(v, copy=True) for k, v in states[0].items() if k not in self.keys}
-        for s in states: s.update(self.scalars)
+        self.scalars = {
+            k: np.array(v, copy=True)
+            for k, v in states[0].items()
+            if k not in self.keys
+        }
+        for s in states:
+            s.update(self.scalars)
         self.grads_as_views([p.grad for p in params])
         self.piece = piece or PIECE
-        self._pieces = None   # the kernel's lists of views, built once
+        self._pieces = None  # the kernel's lists of views, built once
 
-    def grads_as_views(self,
-                       grads:list, # this step's gradients of `self.params`
-                      ):
+    def grads_as_views(
+        self,
+        grads: list,  # this step's gradients of `self.params`
+    ):
         "Copy gradients that are not views of the flat gradient into it, and make `p.grad` that view."
         for p, g, view in zip(self.params, grads, self.grad_views):
             if g is not view:
-                np.copyto(view, g); p.grad = view
+                np.copyto(view, g)
+                p.grad = view
 
     def pieces(self) -> tuple:
         "Lists of views (data, grads, states) over consecutive pieces of the buffer, as if each were a tensor."
         if self._pieces is None:
             datas, grads, states = [], [], []
-            for lo, hi in _chunk_bounds(self.size, max(1, min(self.piece, self.size))):
-                datas.append(self.data[lo:hi]); grads.append(self.grad[lo:hi])
+            for lo, hi in _chunk_bounds(
+                self.size, max(1, min(self.piece, self.size))
+            ):
+                datas.append(self.data[lo:hi])
+                grads.append(self.grad[lo:hi])
                 # each piece advances its own copy of the 0-d state; `run` keeps the copies equal to the shared one
-                states.append({**{k: v[lo:hi] for k, v in self.state.items()},
-                               **{k: v.copy() for k, v in self.scalars.items()}})
+                states.append(
+                    {
+                        **{k: v[lo:hi] for k, v in self.state.items()},
+                        **{k: v.copy() for k, v in self.scalars.items()},
+                    }
+                )
             self._pieces = datas, grads, states
         return self._pieces
 
-    def run(self,
-            update, # the optimizer's `_update(group, params, grads, states, apply)`
-            group:dict, # the parameter group (hyper-parameters)
-           ):
+    def run(
+        self,
+        update,  # the optimizer's `_update(group, params, grads, states, apply)`
+        group: dict,  # the parameter group (hyper-parameters)
+    ):
         "One kernel call over all the pieces, each cache-sized; the 0-d state advances once per step."
         datas, grads, states = self.pieces()
         for k, shared in self.scalars.items():
-            for s in states: s[k][...] = shared
+            for s in states:
+                s[k][...] = shared
         update(group, datas, grads, states, elementwise)
-        for k, shared in self.scalars.items(): shared[...] = states[0][k]
+        for k, shared in self.scalars.items():
+            shared[...] = states[0][k]
 
-    def run_whole(self,
-                  update, # the optimizer's `_update(group, params, grads, states, apply)`
-                  group:dict, # the parameter group (hyper-parameters)
-                  apply, # how the rule meets the arrays: a compiled loop (chapter 14b)
-                 ):
+    def run_whole(
+        self,
+        update,  # the optimizer's `_update(group, params, grads, states, apply)`
+        group: dict,  # the parameter group (hyper-parameters)
+        apply,  # how the rule meets the arrays: a compiled loop (chapter 14b)
+    ):
         "One kernel call on the whole buffer as one tensor: for a loop that makes a single pass anyway."
-        update(group, [self.data], [self.grad], [{**self.state, **self.scalars}], apply)
+        update(
+            group,
+            [self.data],
+            [self.grad],
+            [{**self.state, **self.scalars}],
+            apply,
+        )
 
-    def unshare_scalars(self,
-                        states:list, # the state dicts of `self.params`
-                       ):
+    def unshare_scalars(
+        self,
+        states: list,  # the state dicts of `self.params`
+    ):
         "Give each parameter its own copy of the shared 0-d state (before per-tensor steps)."
         for s in states:
             for k, shared in self.scalars.items():
-                if s.get(k) is shared: s[k] = shared.copy()
+                if s.get(k) is shared:
+                    s[k] = shared.copy()
 
 # %% ../../nbs/14_fast.ipynb #82dfaaa3
-_get_data, _get_grad = operator.attrgetter('data'), operator.attrgetter('grad')
+_get_data, _get_grad = operator.attrgetter("data"), operator.attrgetter("grad")
+
 
 def _flat_ready(params, states, keys):
     "True when each state holds `keys` as arrays like its parameter, and otherwise only 0-d arrays equal across `states`."
     first = states[0]
     scalar_keys = [k for k in first if k not in keys]
     for p, s in zip(params, states):
-        if len(s) != len(keys) + len(scalar_keys): return False
+        if len(s) != len(keys) + len(scalar_keys):
+            return False
         for k in keys:
             v = s.get(k)
-            if not (isinstance(v, np.ndarray) and v.shape == p.data.shape and v.dtype == p.data.dtype): return False
+            if not (
+                isinstance(v, np.ndarray)
+                and v.shape == p.data.shape
+                and v.dtype == p.data.dtype
+            ):
+                return False
         for k in scalar_keys:
             v, v0 = s.get(k), first[k]
-            if not (isinstance(v, np.ndarray) and isinstance(v0, np.ndarray) and v.ndim == 0 and v0.ndim == 0
-                    and v.dtype == v0.dtype and v == v0): return False
+            if not (
+                isinstance(v, np.ndarray)
+                and isinstance(v0, np.ndarray)
+                and v.ndim == 0
+                and v0.ndim == 0
+                and v.dtype == v0.dtype
+                and v == v0
+            ):
+                return False
     return True
 
 # %% ../../nbs/14_fast.ipynb #c8802fcf
 class _GroupBuffers:
     "The flat buffers of one parameter group, and what must stay true for them to be used."
+
     def __init__(self, opt, group, buffers, keys):
-        self.group, self.params_list, self.state_ref, self.keys = group, group['params'], opt.state, keys
+        self.group, self.params_list, self.state_ref, self.keys = (
+            group,
+            group["params"],
+            opt.state,
+            keys,
+        )
         self.buffers = buffers
-        self.datas = list(map(_get_data, group['params']))
-        in_buffer = {id(p): v for b in buffers for p, v in zip(b.params, b.grad_views)}
-        self.expected_grads = [in_buffer.get(id(p)) for p in group['params']]
+        self.datas = list(map(_get_data, group["params"]))
+        in_buffer = {
+            id(p): v for b in buffers for p, v in zip(b.params, b.grad_views)
+        }
+        self.expected_grads = [in_buffer.get(id(p)) for p in group["params"]]
 
     def still_valid(self, opt, group, keys):
         "Same state dict, same parameters, same state keys, and no `p.data` replaced by the user."
-        params = group['params']
-        return (opt.state is self.state_ref and params is self.params_list and len(params) == len(self.datas)
-                and keys == self.keys and all(map(operator.is_, map(_get_data, params), self.datas)))
+        params = group["params"]
+        return (
+            opt.state is self.state_ref
+            and params is self.params_list
+            and len(params) == len(self.datas)
+            and keys == self.keys
+            and all(map(operator.is_, map(_get_data, params), self.datas))
+        )
 
     def gather_grads(self, group):
         "Bring this step's gradients into the flat gradients; False when the parameters with a gradient changed."
-        grads = list(map(_get_grad, group['params']))
-        if all(map(operator.is_, grads, self.expected_grads)): return True   # backward accumulated in place
-        if [g is None for g in grads] != [v is None for v in self.expected_grads]: return False
-        by_id = {id(p): g for p, g in zip(group['params'], grads)}
-        for b in self.buffers: b.grads_as_views([by_id[id(p)] for p in b.params])
+        grads = list(map(_get_grad, group["params"]))
+        if all(map(operator.is_, grads, self.expected_grads)):
+            return True  # backward accumulated in place
+        if [g is None for g in grads] != [
+            v is None for v in self.expected_grads
+        ]:
+            return False
+        by_id = {id(p): g for p, g in zip(group["params"], grads)}
+        for b in self.buffers:
+            b.grads_as_views([by_id[id(p)] for p in b.params])
         return True
 
     def dissolve(self, opt):
         "Stop using the buffers: parameters stay views (valid arrays) and get their own 0-d state back."
-        if opt.state is self.state_ref:   # .get: reading a defaultdict would give stateless parameters state
-            for b in self.buffers: b.unshare_scalars([opt.state.get(p, {}) for p in b.params])
+        if (
+            opt.state is self.state_ref
+        ):  # .get: reading a defaultdict would give stateless parameters state
+            for b in self.buffers:
+                b.unshare_scalars([opt.state.get(p, {}) for p in b.params])
         self.buffers = []
 
 # %% ../../nbs/14_fast.ipynb #729e11fc
 def _build(opt, group, keys, force):
     "Flat buffers for `group` (one per dtype), or None when the fast path does not apply to it this step."
-    params = [p for p in group['params'] if p.grad is not None]
-    if not params: return None
+    params = [p for p in group["params"] if p.grad is not None]
+    if not params:
+        return None
     by_dtype = {}
     for p in params:
         ps, ss = by_dtype.setdefault(p.data.dtype, ([], []))
-        ps.append(p); ss.append(opt._group_state(p, group))
+        ps.append(p)
+        ss.append(opt._group_state(p, group))
     for dtype, (ps, ss) in by_dtype.items():
-        if not np.issubdtype(dtype, np.floating) or not _flat_ready(ps, ss, keys): return None
-        if not force and len(ps) < FLAT_MIN_PARAMS and sum(p.data.size for p in ps) < FLAT_MIN_ELEMENTS: return None
-    return _GroupBuffers(opt, group, [FlatBuffer(ps, ss, keys) for ps, ss in by_dtype.values()], keys)
+        if not np.issubdtype(dtype, np.floating) or not _flat_ready(
+            ps, ss, keys
+        ):
+            return None
+        if (
+            not force
+            and len(ps) < FLAT_MIN_PARAMS
+            and sum(p.data.size for p in ps) < FLAT_MIN_ELEMENTS
+        ):
+            return None
+    return _GroupBuffers(
+        opt,
+        group,
+        [FlatBuffer(ps, ss, keys) for ps, ss in by_dtype.values()],
+        keys,
+    )
 
 # %% ../../nbs/14_fast.ipynb #c0f54893
 def _flat_caches(opt):
     "The optimizer's flat buffers by group, created on first use (the base class knows nothing of them)."
-    return opt.__dict__.setdefault('_flat_buffers', {})
+    return opt.__dict__.setdefault("_flat_buffers", {})
+
 
 def _drop_buffers(optimizer, group):
     "Dissolve `group`'s flat buffers, if any, so that its parameters get their own 0-d state back."
     cache = _flat_caches(optimizer).pop(id(group), None)
-    if cache is not None: cache.dissolve(optimizer)
+    if cache is not None:
+        cache.dissolve(optimizer)
 
-def _params_with_grad(group): return [p for p in group['params'] if p.grad is not None]
+
+def _params_with_grad(group):
+    return [p for p in group["params"] if p.grad is not None]
+
 
 def _small_tensors(params):
     "True when `params` average fewer than `SMALL_TENSOR` elements: one shared buffer pays for itself."
-    return sum(p.data.size for p in params) < SMALL_TENSOR * max(1, len(params))
+    return sum(p.data.size for p in params) < SMALL_TENSOR * max(
+        1, len(params)
+    )
 
-def step_tensor_pieces(optimizer, # an elementwise optimizer
-                       group:dict, # one of its parameter groups, of large tensors
-                      ) -> bool:
+
+def step_tensor_pieces(
+    optimizer,  # an elementwise optimizer
+    group: dict,  # one of its parameter groups, of large tensors
+) -> bool:
     "The kernel once, on cache-sized pieces of each tensor's own arrays; False (nothing done) if a state is missing."
     params, keys = _params_with_grad(group), optimizer._state_keys(group)
     states = [optimizer._group_state(p, group) for p in params]
     datas, grads, pieces, firsts = [], [], [], []
     for p, s in zip(params, states):
         arrays = [p.data, p.grad] + [s.get(k) for k in keys]
-        if any(a is None or not a.flags.c_contiguous for a in arrays): return False   # reshape would copy
+        if any(a is None or not a.flags.c_contiguous for a in arrays):
+            return False  # reshape would copy
         data, grad, *state = [a.reshape(-1) for a in arrays]
         zero_d = {k: v for k, v in s.items() if k not in keys}
         firsts.append((s, len(pieces)))
         for lo, hi in _chunk_bounds(data.size, PIECE):
-            datas.append(data[lo:hi]); grads.append(grad[lo:hi])
+            datas.append(data[lo:hi])
+            grads.append(grad[lo:hi])
             # each piece advances its own copy of its tensor's 0-d state; the tensor takes the first piece's
-            pieces.append({**{k: a[lo:hi] for k, a in zip(keys, state)}, **{k: v.copy() for k, v in zero_d.items()}})
+            pieces.append(
+                {
+                    **{k: a[lo:hi] for k, a in zip(keys, state)},
+                    **{k: v.copy() for k, v in zero_d.items()},
+                }
+            )
     optimizer._update(group, datas, grads, pieces, elementwise)
     for s, first in firsts:
         for k, v in s.items():
-            if k not in keys: v[...] = pieces[first][k]
+            if k not in keys:
+                v[...] = pieces[first][k]
     return True
 
 # %% ../../nbs/14_fast.ipynb #622250eb
@@ -221,33 +337,59 @@ def _group_buffers(optimizer, group, force):
     "The valid flat buffers of `group` with this step's gradients in them, built when needed; None if they do not apply."
     caches, keys = _flat_caches(optimizer), tuple(optimizer._state_keys(group))
     cache = caches.get(id(group))
-    if cache is not None and not (cache.still_valid(optimizer, group, keys) and cache.gather_grads(group)):
-        cache.dissolve(optimizer); del caches[id(group)]; cache = None
+    if cache is not None and not (
+        cache.still_valid(optimizer, group, keys) and cache.gather_grads(group)
+    ):
+        cache.dissolve(optimizer)
+        del caches[id(group)]
+        cache = None
     if cache is None:
-        for gid in [i for i, c in caches.items() if not any(c.group is g for g in optimizer.param_groups)]:
-            del caches[gid]   # groups replaced by load_state_dict
+        for gid in [
+            i
+            for i, c in caches.items()
+            if not any(c.group is g for g in optimizer.param_groups)
+        ]:
+            del caches[gid]  # groups replaced by load_state_dict
         cache = _build(optimizer, group, keys, force)
-        if cache is not None: caches[id(group)] = cache
+        if cache is not None:
+            caches[id(group)] = cache
     return cache
 
-def step_group(optimizer, # an elementwise optimizer: `_state_keys`, `_group_state`, `_update`
-               group:dict, # one of its parameter groups
-              ):
+
+def step_group(
+    optimizer,  # an elementwise optimizer: `_state_keys`, `_group_state`, `_update`
+    group: dict,  # one of its parameter groups
+):
     "Step `group` as its `foreach` and `fused` say: compiled loops, pieces of the kernel's arrays, or the reference."
-    fused, foreach = group.get('fused'), group.get('foreach')
-    if fused: require_numba()   # before anything moves
+    fused, foreach = group.get("fused"), group.get("foreach")
+    if fused:
+        require_numba()  # before anything moves
     params = _params_with_grad(group)
     if (foreach is False and not fused) or not params:
-        _drop_buffers(optimizer, group); return optimizer._step_tensors(group)
-    if not _small_tensors(params):   # large tensors keep their arrays: no buffer, no copy of the gradients
         _drop_buffers(optimizer, group)
-        if fused: return optimizer._step_tensors(group, compiled)
-        if step_tensor_pieces(optimizer, group): return
+        return optimizer._step_tensors(group)
+    if not _small_tensors(
+        params
+    ):  # large tensors keep their arrays: no buffer, no copy of the gradients
+        _drop_buffers(optimizer, group)
+        if fused:
+            return optimizer._step_tensors(group, compiled)
+        if step_tensor_pieces(optimizer, group):
+            return
         return optimizer._step_tensors(group)
     many = len(params) >= FLAT_MIN_PARAMS
-    cache = _group_buffers(optimizer, group, force=foreach is True or bool(fused)) if many or not fused else None
+    cache = (
+        _group_buffers(optimizer, group, force=foreach is True or bool(fused))
+        if many or not fused
+        else None
+    )
     if cache is None:
-        _drop_buffers(optimizer, group); return optimizer._step_tensors(group, compiled if fused else elementwise)
+        _drop_buffers(optimizer, group)
+        return optimizer._step_tensors(
+            group, compiled if fused else elementwise
+        )
     for b in cache.buffers:
-        if fused: b.run_whole(optimizer._update, group, compiled)
-        else: b.run(optimizer._update, group)
+        if fused:
+            b.run_whole(optimizer._update, group, compiled)
+        else:
+            b.run(optimizer._update, group)

@@ -14,12 +14,17 @@ __all__ = ['require_numba', 'fused_loop', 'compiled']
 # %% ../../nbs/14b_compiled.ipynb #4106840a
 def require_numba():
     "numba, or an `ImportError` that says how to install it."
-    try: import numba
+    try:
+        import numba
     except ImportError:
-        raise ImportError("fused=True needs numba: pip install 'minima-optim[fast]' (or pip install numba)") from None
+        raise ImportError(
+            "fused=True needs numba: pip install 'minima-optim[fast]' (or pip install numba)"
+        ) from None
     return numba
 
+
 _JITTED = {}
+
 
 def _jit(fn):
     "`fn` compiled by numba, with the plain Python functions it calls (`lerp`) compiled too, under the same names."
@@ -27,46 +32,70 @@ def _jit(fn):
         numba = require_numba()
         names = dict(fn.__globals__)
         for name in fn.__code__.co_names:
-            if isinstance(names.get(name), types.FunctionType): names[name] = _jit(names[name])
-        clone = types.FunctionType(fn.__code__, names, fn.__name__, fn.__defaults__, fn.__closure__)
-        _JITTED[fn] = numba.njit(error_model='numpy')(clone)   # numpy's errors: x/0 is inf, no branch
+            if isinstance(names.get(name), types.FunctionType):
+                names[name] = _jit(names[name])
+        clone = types.FunctionType(
+            fn.__code__, names, fn.__name__, fn.__defaults__, fn.__closure__
+        )
+        _JITTED[fn] = numba.njit(error_model="numpy")(
+            clone
+        )  # numpy's errors: x/0 is inf, no branch
     return _JITTED[fn]
 
 # %% ../../nbs/14b_compiled.ipynb #5f413af6
 _LOOPS = {}
 
-def _loop_source(present:tuple) -> str:
-    "A loop over every element that calls `rule` on numbers; an absent state reads the gradient and is dropped."
-    states = ', '.join(f's{j}' for j in range(len(present)))
-    reads = ', '.join(f's{j}[i]' if here else 'g[i]' for j, here in enumerate(present))
-    writes = ', '.join(f's{j}[i]' if here else '_' for j, here in enumerate(present))
-    return (f"def loop(c, p, g, {states}):\n"
-            f"    for i in range(p.size):\n"
-            f"        p[i], {writes} = rule(c, p[i], g[i], {reads})\n")
 
-def fused_loop(rule, # a rule `rule(c, param, grad, *states)` of chapter 3
-               present:tuple, # for each state, whether this call has its array
-              ):
+def _loop_source(present: tuple) -> str:
+    "A loop over every element that calls `rule` on numbers; an absent state reads the gradient and is dropped."
+    states = ", ".join(f"s{j}" for j in range(len(present)))
+    reads = ", ".join(
+        f"s{j}[i]" if here else "g[i]" for j, here in enumerate(present)
+    )
+    writes = ", ".join(
+        f"s{j}[i]" if here else "_" for j, here in enumerate(present)
+    )
+    return (
+        f"def loop(c, p, g, {states}):\n"
+        f"    for i in range(p.size):\n"
+        f"        p[i], {writes} = rule(c, p[i], g[i], {reads})\n"
+    )
+
+
+def fused_loop(
+    rule,  # a rule `rule(c, param, grad, *states)` of chapter 3
+    present: tuple,  # for each state, whether this call has its array
+):
     "The compiled loop that applies `rule` element by element, built once per rule and set of states."
     key = (rule, present)
     if key not in _LOOPS:
-        namespace = {'rule': _jit(rule)}
+        namespace = {"rule": _jit(rule)}
         exec(_loop_source(present), namespace)
-        _LOOPS[key] = require_numba().njit(error_model='numpy')(namespace['loop'])
+        _LOOPS[key] = require_numba().njit(error_model="numpy")(
+            namespace["loop"]
+        )
     return _LOOPS[key]
 
 # %% ../../nbs/14b_compiled.ipynb #a0695ff1
-def compiled(rule, # `rule(c, param, grad, *states)` returning `(param, *states)`
-             c:tuple, # this step's constants
-             param:np.ndarray, # updated in place
-             grad:np.ndarray, # read only
-             *states, # state arrays, updated in place (None for a state the options leave out)
-            ):
+def compiled(
+    rule,  # `rule(c, param, grad, *states)` returning `(param, *states)`
+    c: tuple,  # this step's constants
+    param: np.ndarray,  # updated in place
+    grad: np.ndarray,  # read only
+    *states,  # state arrays, updated in place (None for a state the options leave out)
+):
     "Apply `rule` with one compiled loop: `elementwise`'s arithmetic, in one pass over memory."
     arrays = (param, grad) + tuple(s for s in states if s is not None)
-    if not all(a.flags.c_contiguous for a in arrays):   # reshape(-1) would copy: take NumPy's way
+    if not all(
+        a.flags.c_contiguous for a in arrays
+    ):  # reshape(-1) would copy: take NumPy's way
         return elementwise(rule, c, param, grad, *states)
     present = tuple(s is not None for s in states)
     empty = param.reshape(-1)[:0]
     flat = [empty if s is None else s.reshape(-1) for s in states]
-    fused_loop(rule, present)(scalars_in_dtype(c, param.dtype), param.reshape(-1), grad.reshape(-1), *flat)
+    fused_loop(rule, present)(
+        scalars_in_dtype(c, param.dtype),
+        param.reshape(-1),
+        grad.reshape(-1),
+        *flat,
+    )

@@ -15,191 +15,306 @@ from ..tensor import Tensor, log_softmax, relu, tanh, sigmoid, _patch
 # %% ../../nbs/01_nn.ipynb #27683ef6
 class Parameter(Tensor):
     "A Tensor that is a model weight: it requires gradients and is registered by the Module it is assigned to."
-    def __init__(self,
-                 data, # floating point NumPy array (shared, not copied) or anything `Tensor` accepts
-                 requires_grad:bool=True, # False freezes the weight
-                ):
+
+    def __init__(
+        self,
+        data,  # floating point NumPy array (shared, not copied) or anything `Tensor` accepts
+        requires_grad: bool = True,  # False freezes the weight
+    ):
         super().__init__(data, requires_grad=requires_grad)
-    def __repr__(self): return "Parameter containing:\n" + super().__repr__()
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
 
 # %% ../../nbs/01_nn.ipynb #57fd8378
-_IncompatibleKeys = namedtuple("_IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+_IncompatibleKeys = namedtuple(
+    "_IncompatibleKeys", ["missing_keys", "unexpected_keys"]
+)
+
 
 def _check_name(name, kind):
-    if not isinstance(name, str): raise TypeError(f"{kind} name should be a string, got {type(name).__name__}")
-    if "." in name or name == "": raise KeyError(f'{kind} name can\'t contain "." or be empty, got "{name}"')
+    if not isinstance(name, str):
+        raise TypeError(
+            f"{kind} name should be a string, got {type(name).__name__}"
+        )
+    if "." in name or name == "":
+        raise KeyError(
+            f'{kind} name can\'t contain "." or be empty, got "{name}"'
+        )
+
 
 class Module:
     "Base class of layers and models: registers the Parameters and Modules assigned to it as attributes."
+
     def __init__(self):
         object.__setattr__(self, "_parameters", {})
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
-        params, modules = self.__dict__.get("_parameters"), self.__dict__.get("_modules")
+        params, modules = (
+            self.__dict__.get("_parameters"),
+            self.__dict__.get("_modules"),
+        )
         if isinstance(value, (Parameter, Module)) and params is None:
-            raise AttributeError(f"cannot assign {type(value).__name__} '{name}' before Module.__init__() call")
-        if isinstance(value, Parameter): modules.pop(name, None); params[name] = value
-        elif isinstance(value, Module): params.pop(name, None); modules[name] = value
+            raise AttributeError(
+                f"cannot assign {type(value).__name__} '{name}' before Module.__init__() call"
+            )
+        if isinstance(value, Parameter):
+            modules.pop(name, None)
+            params[name] = value
+        elif isinstance(value, Module):
+            params.pop(name, None)
+            modules[name] = value
         elif value is not None and params is not None and name in params:
-            raise TypeError(f"cannot assign {type(value).__name__} as parameter '{name}' (Parameter or None expected)")
+            raise TypeError(
+                f"cannot assign {type(value).__name__} as parameter '{name}' (Parameter or None expected)"
+            )
         elif value is not None and modules is not None and name in modules:
-            raise TypeError(f"cannot assign {type(value).__name__} as child module '{name}' (Module or None expected)")
+            raise TypeError(
+                f"cannot assign {type(value).__name__} as child module '{name}' (Module or None expected)"
+            )
         elif value is None:
-            if params is not None and name in params: params[name] = None
-            if modules is not None and name in modules: modules[name] = None
+            if params is not None and name in params:
+                params[name] = None
+            if modules is not None and name in modules:
+                modules[name] = None
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
-        self._parameters.pop(name, None); self._modules.pop(name, None)
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
         object.__delattr__(self, name)
 
-    def register_parameter(self, name:str, param:Parameter|None):
+    def register_parameter(self, name: str, param: Parameter | None):
         "Register `param` under `name` (what assigning an attribute does)."
         _check_name(name, "parameter")
         if param is not None and not isinstance(param, Parameter):
-            raise TypeError(f"cannot assign {type(param).__name__} as parameter '{name}' (Parameter or None expected)")
-        self._parameters[name] = param; object.__setattr__(self, name, param)
+            raise TypeError(
+                f"cannot assign {type(param).__name__} as parameter '{name}' (Parameter or None expected)"
+            )
+        self._parameters[name] = param
+        object.__setattr__(self, name, param)
 
-    def add_module(self, name:str, module):
+    def add_module(self, name: str, module):
         "Register `module` as a child under `name` (what assigning an attribute does)."
         _check_name(name, "module")
         if module is not None and not isinstance(module, Module):
-            raise TypeError(f"{type(module).__name__} is not a Module subclass")
-        self._modules[name] = module; object.__setattr__(self, name, module)
+            raise TypeError(
+                f"{type(module).__name__} is not a Module subclass"
+            )
+        self._modules[name] = module
+        object.__setattr__(self, name, module)
 
     def forward(self, *args, **kwargs):
         "The computation; every subclass defines it."
-        raise NotImplementedError(f'Module [{type(self).__name__}] is missing the required "forward" function')
+        raise NotImplementedError(
+            f'Module [{type(self).__name__}] is missing the required "forward" function'
+        )
 
-    def __call__(self, *args, **kwargs): return self.forward(*args, **kwargs)
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
 # %% ../../nbs/01_nn.ipynb #65d76752
-def _named_modules(self,
-                   prefix:str="", # prepended to every name
-                  )->Iterator:
+def _named_modules(
+    self,
+    prefix: str = "",  # prepended to every name
+) -> Iterator:
     "Yield `(name, module)` for this module and every sub-module, depth first, each module once."
     seen, stack = set(), [(prefix, self)]
     while stack:
         name, module = stack.pop()
-        if module in seen: continue
+        if module in seen:
+            continue
         seen.add(module)
         yield name, module
-        children = [(f"{name}.{k}" if name else k, m) for k, m in module._modules.items() if m is not None]
-        stack.extend(reversed(children))  # reversed: the first child comes off the stack first
+        children = [
+            (f"{name}.{k}" if name else k, m)
+            for k, m in module._modules.items()
+            if m is not None
+        ]
+        stack.extend(
+            reversed(children)
+        )  # reversed: the first child comes off the stack first
 
-def _modules_of(self)->Iterator:
+
+def _modules_of(self) -> Iterator:
     "Yield this module and every sub-module, depth first."
-    for _, module in self.named_modules(): yield module
+    for _, module in self.named_modules():
+        yield module
 
-def _named_children(self)->Iterator:
+
+def _named_children(self) -> Iterator:
     "Yield `(name, module)` for the direct sub-modules."
     seen = set()
     for name, module in self._modules.items():
-        if module is not None and module not in seen: seen.add(module); yield name, module
+        if module is not None and module not in seen:
+            seen.add(module)
+            yield name, module
 
-def _children(self)->Iterator:
+
+def _children(self) -> Iterator:
     "Yield the direct sub-modules."
-    for _, module in self.named_children(): yield module
+    for _, module in self.named_children():
+        yield module
 
-def _named_parameters(self,
-                      prefix:str="", # prepended to every name
-                      recurse:bool=True, # include the parameters of sub-modules
-                     )->Iterator:
+
+def _named_parameters(
+    self,
+    prefix: str = "",  # prepended to every name
+    recurse: bool = True,  # include the parameters of sub-modules
+) -> Iterator:
     "Yield `(dotted name, parameter)` for every parameter, each once, in registration order."
     seen = set()
-    for module_name, module in (self.named_modules(prefix) if recurse else [(prefix, self)]):
+    for module_name, module in (
+        self.named_modules(prefix) if recurse else [(prefix, self)]
+    ):
         for name, p in module._parameters.items():
-            if p is None or p in seen: continue
+            if p is None or p in seen:
+                continue
             seen.add(p)
             yield (f"{module_name}.{name}" if module_name else name), p
 
-def _parameters_of(self,
-                   recurse:bool=True, # include the parameters of sub-modules
-                  )->Iterator:
+
+def _parameters_of(
+    self,
+    recurse: bool = True,  # include the parameters of sub-modules
+) -> Iterator:
     "Yield every parameter of this module (and of its sub-modules when `recurse`), each once."
-    for _, p in self.named_parameters(recurse=recurse): yield p
+    for _, p in self.named_parameters(recurse=recurse):
+        yield p
+
 
 _patch(Module, _named_modules, _named_children, _children, _named_parameters)
 _patch(Module, _modules_of, name="modules")
 _patch(Module, _parameters_of, name="parameters")
 
 # %% ../../nbs/01_nn.ipynb #e436d209
-def _train(self,
-           mode:bool=True, # True for training, False for evaluation
-          ):
+def _train(
+    self,
+    mode: bool = True,  # True for training, False for evaluation
+):
     "Set `training` to `mode` on this module and every sub-module; returns `self`."
-    if not isinstance(mode, bool): raise ValueError(f"training mode is expected to be boolean, got {mode!r}")
-    for module in self.modules(): module.training = mode
+    if not isinstance(mode, bool):
+        raise ValueError(
+            f"training mode is expected to be boolean, got {mode!r}"
+        )
+    for module in self.modules():
+        module.training = mode
     return self
+
 
 def _eval(self):
     "Switch to evaluation mode (`train(False)`); returns `self`."
     return self.train(False)
 
-def _zero_grad(self,
-               set_to_none:bool=True, # drop the gradients rather than zeroing them in place
-              ):
+
+def _zero_grad(
+    self,
+    set_to_none: bool = True,  # drop the gradients rather than zeroing them in place
+):
     "Clear the accumulated gradients: drop them (`None`, the default) or fill them with zeros in place."
     for p in self.parameters():
-        if set_to_none: p.grad = None
-        elif p.grad is not None: p.grad[...] = 0
+        if set_to_none:
+            p.grad = None
+        elif p.grad is not None:
+            p.grad[...] = 0
+
 
 _patch(Module, _train, _eval, _zero_grad)
 
 # %% ../../nbs/01_nn.ipynb #625d177c
-def _state_items(self, prefix:str="")->Iterator:
+def _state_items(self, prefix: str = "") -> Iterator:
     "Yield `(dotted name, parameter)` for every registered parameter slot, shared ones under each name."
     for name, p in self._parameters.items():
-        if p is not None: yield prefix + name, p
+        if p is not None:
+            yield prefix + name, p
     for name, module in self._modules.items():
-        if module is not None: yield from module._state_items(prefix + name + ".")
+        if module is not None:
+            yield from module._state_items(prefix + name + ".")
 
-def _state_dict(self)->OrderedDict:
+
+def _state_dict(self) -> OrderedDict:
     "An OrderedDict from each parameter's dotted name to a copy of its array."
-    return OrderedDict((name, p.data.copy()) for name, p in self._state_items())
+    return OrderedDict(
+        (name, p.data.copy()) for name, p in self._state_items()
+    )
 
-def _load_state_dict(self,
-                     state_dict:dict, # name -> array (NumPy arrays, minima or torch CPU tensors)
-                     strict:bool=True, # missing or unexpected keys are errors
-                    ):
+
+def _load_state_dict(
+    self,
+    state_dict: dict,  # name -> array (NumPy arrays, minima or torch CPU tensors)
+    strict: bool = True,  # missing or unexpected keys are errors
+):
     "Copy the arrays of `state_dict` in place into the parameters, after checking keys and shapes."
     own = OrderedDict(self._state_items())
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     errors, arrays = [], {}
-    if strict and missing: errors.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
-    if strict and unexpected: errors.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
+    if strict and missing:
+        errors.append(
+            "Missing key(s) in state_dict: "
+            + ", ".join(f'"{k}"' for k in missing)
+            + "."
+        )
+    if strict and unexpected:
+        errors.append(
+            "Unexpected key(s) in state_dict: "
+            + ", ".join(f'"{k}"' for k in unexpected)
+            + "."
+        )
     for name, p in own.items():
-        if name not in state_dict: continue
+        if name not in state_dict:
+            continue
         value = state_dict[name]
         value = np.asarray(value.data if isinstance(value, Tensor) else value)
         if value.shape != p.shape:
-            errors.append(f"size mismatch for {name}: copying a param with shape {value.shape} from checkpoint, "
-                          f"the shape in current model is {p.shape}.")
+            errors.append(
+                f"size mismatch for {name}: copying a param with shape {value.shape} from checkpoint, "
+                f"the shape in current model is {p.shape}."
+            )
         elif not np.issubdtype(value.dtype, np.number):
-            errors.append(f"dtype mismatch for {name}: expected numbers, got dtype {value.dtype}.")
-        else: arrays[name] = value
+            errors.append(
+                f"dtype mismatch for {name}: expected numbers, got dtype {value.dtype}."
+            )
+        else:
+            arrays[name] = value
     if errors:
-        raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors))
-    for name, value in arrays.items(): own[name].data[...] = value  # in place: optimizers keep their references
+        raise RuntimeError(
+            f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
+            + "\n\t".join(errors)
+        )
+    for name, value in arrays.items():
+        own[name].data[...] = (
+            value  # in place: optimizers keep their references
+        )
     return _IncompatibleKeys(missing, unexpected)
+
 
 Module._state_items = _state_items
 _patch(Module, _state_dict, _load_state_dict)
 
 # %% ../../nbs/01_nn.ipynb #6b710820
-def _extra_repr(self)->str:
+def _extra_repr(self) -> str:
     "The settings shown between the parentheses of this module's repr."
     return ""
 
+
 def _module_repr(self):
-    children = [f"({name}): " + repr(m).replace("\n", "\n  ") for name, m in self._modules.items()]
+    children = [
+        f"({name}): " + repr(m).replace("\n", "\n  ")
+        for name, m in self._modules.items()
+    ]
     extra = self.extra_repr()
-    if not children: return f"{type(self).__name__}({extra})"
+    if not children:
+        return f"{type(self).__name__}({extra})"
     lines = ([extra] if extra else []) + children
-    return f"{type(self).__name__}(\n" + "".join(f"  {line}\n" for line in lines) + ")"
+    return (
+        f"{type(self).__name__}(\n"
+        + "".join(f"  {line}\n" for line in lines)
+        + ")"
+    )
+
 
 _patch(Module, _extra_repr)
 _patch(Module, _module_repr, name="__repr__")
@@ -207,8 +322,10 @@ _patch(Module, _module_repr, name="__repr__")
 # %% ../../nbs/01_nn.ipynb #09e1b190
 _default_rng = np.random.default_rng()
 
-def manual_seed(seed:int, # any seed numpy.random.default_rng accepts
-               )->np.random.Generator:
+
+def manual_seed(
+    seed: int,  # any seed numpy.random.default_rng accepts
+) -> np.random.Generator:
     "Reset the generator that layers draw their initial weights from when no `rng` is given; returns it."
     global _default_rng
     _default_rng = np.random.default_rng(seed)
@@ -218,26 +335,43 @@ def manual_seed(seed:int, # any seed numpy.random.default_rng accepts
 def _check_features(name, n):
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(n).__name__}")
-    if n < 0: raise ValueError(f"{name} must be non-negative, got {n}")
+    if n < 0:
+        raise ValueError(f"{name} must be non-negative, got {n}")
+
 
 class Linear(Module):
     "Affine layer $y = x W^T + b$ with PyTorch's default initialisation."
-    def __init__(self,
-                 in_features:int, # size of each input sample
-                 out_features:int, # size of each output sample
-                 bias:bool=True, # learn an additive bias
-                 *,
-                 dtype=np.float32, # floating dtype of the weights
-                 rng:np.random.Generator|None=None, # source of the initial weights; the `manual_seed` generator when None
-                ):
+
+    def __init__(
+        self,
+        in_features: int,  # size of each input sample
+        out_features: int,  # size of each output sample
+        bias: bool = True,  # learn an additive bias
+        *,
+        dtype=np.float32,  # floating dtype of the weights
+        rng: np.random.Generator
+        | None = None,  # source of the initial weights; the `manual_seed` generator when None
+    ):
         super().__init__()
-        _check_features("in_features", in_features); _check_features("out_features", out_features)
-        if not np.issubdtype(dtype, np.floating): raise TypeError(f"dtype must be a floating dtype, got {np.dtype(dtype)}")
+        _check_features("in_features", in_features)
+        _check_features("out_features", out_features)
+        if not np.issubdtype(dtype, np.floating):
+            raise TypeError(
+                f"dtype must be a floating dtype, got {np.dtype(dtype)}"
+            )
         self.in_features, self.out_features = in_features, out_features
         rng = _default_rng if rng is None else rng
         bound = 1 / math.sqrt(in_features) if in_features > 0 else 0.0
-        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype))
-        self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dtype)) if bias else None
+        self.weight = Parameter(
+            rng.uniform(-bound, bound, (out_features, in_features)).astype(
+                dtype
+            )
+        )
+        self.bias = (
+            Parameter(rng.uniform(-bound, bound, out_features).astype(dtype))
+            if bias
+            else None
+        )
 
     def forward(self, x):
         y = x @ self.weight.T
@@ -249,63 +383,104 @@ class Linear(Module):
 # %% ../../nbs/01_nn.ipynb #b52f2d5b
 class ReLU(Module):
     "Elementwise $\\max(x, 0)$ as a layer."
-    def forward(self, x): return relu(x)
+
+    def forward(self, x):
+        return relu(x)
+
 
 class Tanh(Module):
     "Elementwise hyperbolic tangent as a layer."
-    def forward(self, x): return tanh(x)
+
+    def forward(self, x):
+        return tanh(x)
+
 
 class Sigmoid(Module):
     "Elementwise logistic function as a layer."
-    def forward(self, x): return sigmoid(x)
+
+    def forward(self, x):
+        return sigmoid(x)
 
 # %% ../../nbs/01_nn.ipynb #d4875000
 class Sequential(Module):
     "Modules applied one after the other, registered under the names `0`, `1`, ..."
+
     def __init__(self, *modules):
         super().__init__()
-        if len(modules) == 1 and isinstance(modules[0], OrderedDict): named = modules[0].items()
-        else: named = ((str(i), m) for i, m in enumerate(modules))
+        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
+            named = modules[0].items()
+        else:
+            named = ((str(i), m) for i, m in enumerate(modules))
         for name, module in named:
             if not isinstance(module, Module):
-                raise TypeError(f"Sequential takes Modules, got {type(module).__name__} at position {name}")
+                raise TypeError(
+                    f"Sequential takes Modules, got {type(module).__name__} at position {name}"
+                )
             self.add_module(name, module)
 
     def forward(self, x):
-        for module in self: x = module(x)
+        for module in self:
+            x = module(x)
         return x
 
-    def __len__(self): return len(self._modules)
-    def __iter__(self): return iter(self._modules.values())
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
     def __getitem__(self, index):
         items = list(self._modules.items())
-        if isinstance(index, slice): return Sequential(OrderedDict(items[index]))
+        if isinstance(index, slice):
+            return Sequential(OrderedDict(items[index]))
         if not -len(items) <= index < len(items):
-            raise IndexError(f"index {index} is out of range for a Sequential of length {len(items)}")
+            raise IndexError(
+                f"index {index} is out of range for a Sequential of length {len(items)}"
+            )
         return items[index][1]
 
 # %% ../../nbs/01_nn.ipynb #c54068a1
 _REDUCTIONS = ("none", "mean", "sum")
 
+
 def _check_reduction(reduction):
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"{reduction!r} is not a valid value for reduction: use 'none', 'mean' or 'sum'")
+        raise ValueError(
+            f"{reduction!r} is not a valid value for reduction: use 'none', 'mean' or 'sum'"
+        )
 
-def _reduce(losses, reduction:str):
-    return losses.mean() if reduction == "mean" else losses.sum() if reduction == "sum" else losses
 
-def _as_tensor(x): return x if isinstance(x, Tensor) else Tensor(x)
+def _reduce(losses, reduction: str):
+    return (
+        losses.mean()
+        if reduction == "mean"
+        else losses.sum()
+        if reduction == "sum"
+        else losses
+    )
+
+
+def _as_tensor(x):
+    return x if isinstance(x, Tensor) else Tensor(x)
+
 
 class MSELoss(Module):
     "Mean squared error between `input` and `target`."
-    def __init__(self, reduction:str="mean"): # 'mean', 'sum' or 'none'
-        super().__init__(); _check_reduction(reduction); self.reduction = reduction
+
+    def __init__(self, reduction: str = "mean"):  # 'mean', 'sum' or 'none'
+        super().__init__()
+        _check_reduction(reduction)
+        self.reduction = reduction
 
     def forward(self, input, target):
         input = _as_tensor(input)
-        target_shape = np.shape(target.data if isinstance(target, Tensor) else target)
+        target_shape = np.shape(
+            target.data if isinstance(target, Tensor) else target
+        )
         if target_shape != input.shape:
-            raise ValueError(f"MSELoss: target shape {target_shape} differs from input shape {input.shape}")
+            raise ValueError(
+                f"MSELoss: target shape {target_shape} differs from input shape {input.shape}"
+            )
         diff = input - target
         return _reduce(diff * diff, self.reduction)
 
@@ -314,25 +489,41 @@ def _class_targets(target, input_shape):
     "`target` as an integer array of class indices, checked against the (N, C) or (C,) input."
     target = np.asarray(target.data if isinstance(target, Tensor) else target)
     if not np.issubdtype(target.dtype, np.integer):
-        raise TypeError(f"CrossEntropyLoss expects integer class indices as target, got dtype {target.dtype}")
+        raise TypeError(
+            f"CrossEntropyLoss expects integer class indices as target, got dtype {target.dtype}"
+        )
     if len(input_shape) not in (1, 2):
-        raise ValueError(f"CrossEntropyLoss expects input of shape (N, C) or (C,), got shape {input_shape}")
+        raise ValueError(
+            f"CrossEntropyLoss expects input of shape (N, C) or (C,), got shape {input_shape}"
+        )
     if target.shape != input_shape[:-1]:
-        raise ValueError(f"target shape {target.shape} does not match input shape {input_shape} "
-                         f"(expected {input_shape[:-1]})")
+        raise ValueError(
+            f"target shape {target.shape} does not match input shape {input_shape} "
+            f"(expected {input_shape[:-1]})"
+        )
     out_of_range = target[(target < 0) | (target >= input_shape[-1])]
     if out_of_range.size:
-        raise ValueError(f"Target {out_of_range.flat[0]} is out of bounds: the input has {input_shape[-1]} classes")
+        raise ValueError(
+            f"Target {out_of_range.flat[0]} is out of bounds: the input has {input_shape[-1]} classes"
+        )
     return target
+
 
 class CrossEntropyLoss(Module):
     "Cross-entropy between logits `input` of shape (N, C) and integer class indices `target` of shape (N,)."
-    def __init__(self, reduction:str="mean"): # 'mean', 'sum' or 'none'
-        super().__init__(); _check_reduction(reduction); self.reduction = reduction
+
+    def __init__(self, reduction: str = "mean"):  # 'mean', 'sum' or 'none'
+        super().__init__()
+        _check_reduction(reduction)
+        self.reduction = reduction
 
     def forward(self, input, target):
         input = _as_tensor(input)
         target = _class_targets(target, input.shape)
         logp = log_softmax(input, axis=-1)
-        picked = logp[np.arange(len(target)), target] if input.ndim == 2 else logp[target]
+        picked = (
+            logp[np.arange(len(target)), target]
+            if input.ndim == 2
+            else logp[target]
+        )
         return _reduce(-picked, self.reduction)

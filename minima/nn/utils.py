@@ -15,16 +15,28 @@ def _vector_norm(x, p, op="linalg.vector_norm"):
     a = np.abs(x)
     if a.size == 0 and (p < 0 or math.isinf(p)):
         name = "infinity" if op == "_foreach_norm" else _norm_name(p)
-        raise RuntimeError(f"{op} cannot compute the {name} norm on an empty tensor "
-                           "because the operation does not have an identity")
-    if p == math.inf: return a.max()
-    if p == -math.inf: return a.min()
-    if p == 0: return np.asarray(np.count_nonzero(a), dtype=a.dtype)    # the number of non-zero entries
-    wide = a.astype(np.float64) if a.dtype.itemsize < 8 else a   # PyTorch's CPU reductions accumulate in double
-    if p == 1: return wide.sum().astype(a.dtype)
-    if p == 2: return np.sqrt((wide * wide).sum()).astype(a.dtype)
-    with np.errstate(divide='ignore'):   # 0 ** negative p is inf
-        return ((wide ** p).sum() ** (1 / p)).astype(a.dtype)
+        raise RuntimeError(
+            f"{op} cannot compute the {name} norm on an empty tensor "
+            "because the operation does not have an identity"
+        )
+    if p == math.inf:
+        return a.max()
+    if p == -math.inf:
+        return a.min()
+    if p == 0:
+        return np.asarray(
+            np.count_nonzero(a), dtype=a.dtype
+        )  # the number of non-zero entries
+    wide = (
+        a.astype(np.float64) if a.dtype.itemsize < 8 else a
+    )  # PyTorch's CPU reductions accumulate in double
+    if p == 1:
+        return wide.sum().astype(a.dtype)
+    if p == 2:
+        return np.sqrt((wide * wide).sum()).astype(a.dtype)
+    with np.errstate(divide="ignore"):  # 0 ** negative p is inf
+        return ((wide**p).sum() ** (1 / p)).astype(a.dtype)
+
 
 def _norm_name(p):
     "How PyTorch's message prints the order: `inf`, `-inf`, `-1` (an integral order without its `.0`)."
@@ -33,82 +45,135 @@ def _norm_name(p):
 # %% ../../nbs/11_clipping.ipynb #c1334e4f
 def _grad_array(t):
     "A gradient as an array: an ndarray itself, or the `.data` array of a Tensor."
-    if isinstance(t, np.ndarray): return t
-    if isinstance(getattr(t, 'data', None), np.ndarray): return t.data
-    raise TypeError(f"tensors must be numpy arrays (or Tensors), got {type(t).__name__}")
+    if isinstance(t, np.ndarray):
+        return t
+    if isinstance(getattr(t, "data", None), np.ndarray):
+        return t.data
+    raise TypeError(
+        f"tensors must be numpy arrays (or Tensors), got {type(t).__name__}"
+    )
+
 
 def _float_norm_type(norm_type):
-    try: return float(norm_type)
-    except (TypeError, ValueError): raise ValueError(f"Invalid norm_type: {norm_type!r} (a number, or 'inf')") from None
+    try:
+        return float(norm_type)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Invalid norm_type: {norm_type!r} (a number, or 'inf')"
+        ) from None
+
 
 def _nonfinite_message(norm_type):
-    return (f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so it cannot "
-            "be clipped. To disable this error and scale the gradients by the non-finite norm anyway, "
-            "set `error_if_nonfinite=False`")
+    return (
+        f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so it cannot "
+        "be clipped. To disable this error and scale the gradients by the non-finite norm anyway, "
+        "set `error_if_nonfinite=False`"
+    )
 
 # %% ../../nbs/11_clipping.ipynb #b5228dc0
-def get_total_norm(tensors, # an array (or Tensor), or an iterable of them: the gradients
-                   norm_type:float=2.0, # the p of the p-norm; `inf` or 'inf' for the largest absolute entry
-                   error_if_nonfinite:bool=False, # raise a RuntimeError if the total norm is nan or inf
-                   foreach=None, # accepted for PyTorch compatibility; NumPy has one code path
-                  )->np.ndarray: # 0-d array: float32 for float32 gradients (and when there are none), else float64
+def get_total_norm(
+    tensors,  # an array (or Tensor), or an iterable of them: the gradients
+    norm_type: float = 2.0,  # the p of the p-norm; `inf` or 'inf' for the largest absolute entry
+    error_if_nonfinite: bool = False,  # raise a RuntimeError if the total norm is nan or inf
+    foreach=None,  # accepted for PyTorch compatibility; NumPy has one code path
+) -> np.ndarray:  # 0-d array: float32 for float32 gradients (and when there are none), else float64
     "The norm of the per-array norms of `tensors`, as if all their entries were one vector."
-    single = isinstance(tensors, np.ndarray) or isinstance(getattr(tensors, 'data', None), np.ndarray)
-    arrays = [_grad_array(tensors)] if single else [_grad_array(t) for t in tensors]
+    single = isinstance(tensors, np.ndarray) or isinstance(
+        getattr(tensors, "data", None), np.ndarray
+    )
+    arrays = (
+        [_grad_array(tensors)] if single else [_grad_array(t) for t in tensors]
+    )
     norm_type = _float_norm_type(norm_type)
-    if not arrays: return np.array(0.0, dtype=np.float32)   # PyTorch's torch.tensor(0.0)
+    if not arrays:
+        return np.array(0.0, dtype=np.float32)  # PyTorch's torch.tensor(0.0)
     # PyTorch takes its foreach kernel unless foreach=False; only the message of its empty-inf error shows it
-    op = "linalg.vector_norm" if foreach is False or norm_type != math.inf else "_foreach_norm"
+    op = (
+        "linalg.vector_norm"
+        if foreach is False or norm_type != math.inf
+        else "_foreach_norm"
+    )
     per_array = np.stack([_vector_norm(a, norm_type, op) for a in arrays])
     total = np.asarray(_vector_norm(per_array, norm_type))
-    if error_if_nonfinite and not np.isfinite(total): raise RuntimeError(_nonfinite_message(norm_type))
+    if error_if_nonfinite and not np.isfinite(total):
+        raise RuntimeError(_nonfinite_message(norm_type))
     return total
 
 # %% ../../nbs/11_clipping.ipynb #d1a46290
 def _as_parameter_list(parameters, warn_if_empty_generator=False):
     "One parameter, or an iterable of parameters, as a list (a generator is consumed once)."
-    if hasattr(parameters, 'grad'): return [parameters]
+    if hasattr(parameters, "grad"):
+        return [parameters]
     if isinstance(parameters, np.ndarray):
-        raise TypeError("parameters must be objects with .data and .grad (or an iterable of them), got a numpy array")
-    try: params = list(parameters)
-    except TypeError: raise TypeError(f"parameters must be a parameter or an iterable of parameters, "
-                                      f"got {type(parameters).__name__}") from None
+        raise TypeError(
+            "parameters must be objects with .data and .grad (or an iterable of them), got a numpy array"
+        )
+    try:
+        params = list(parameters)
+    except TypeError:
+        raise TypeError(
+            f"parameters must be a parameter or an iterable of parameters, "
+            f"got {type(parameters).__name__}"
+        ) from None
     for p in params:
-        if not hasattr(p, 'grad'): raise TypeError(f"parameters must have a .grad attribute, got {type(p).__name__}")
-    if warn_if_empty_generator and not params and isinstance(parameters, types.GeneratorType):
-        warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=3)
+        if not hasattr(p, "grad"):
+            raise TypeError(
+                f"parameters must have a .grad attribute, got {type(p).__name__}"
+            )
+    if (
+        warn_if_empty_generator
+        and not params
+        and isinstance(parameters, types.GeneratorType)
+    ):
+        warnings.warn(
+            "`parameters` is an empty generator, no gradient clipping will occur.",
+            stacklevel=3,
+        )
     return params
+
 
 def _clip_coefficient(max_norm, total_norm):
     "min(1, max_norm / (total_norm + 1e-6)) in `total_norm`'s dtype, rounded as PyTorch rounds it."
     total = np.asarray(total_norm)
-    if total.ndim != 0: raise ValueError(f"total_norm must be a scalar, got an array of shape {total.shape}")
-    if total.dtype.kind != 'f': total = total.astype(np.float64)
+    if total.ndim != 0:
+        raise ValueError(
+            f"total_norm must be a scalar, got an array of shape {total.shape}"
+        )
+    if total.dtype.kind != "f":
+        total = total.astype(np.float64)
     # PyTorch evaluates `max_norm / t` as `t.reciprocal() * max_norm`: the same two roundings here.
     return np.minimum(np.reciprocal(total + 1e-6) * max_norm, 1.0)
 
 # %% ../../nbs/11_clipping.ipynb #1cbbfa39
-def clip_grads_with_norm_(parameters, # a parameter or an iterable of parameters (objects with .data and .grad)
-                          max_norm:float, # the largest total norm the gradients may have
-                          total_norm, # the total norm of the gradients, from `get_total_norm`
-                          foreach=None, # accepted for PyTorch compatibility; NumPy has one code path
-                         )->None:
+def clip_grads_with_norm_(
+    parameters,  # a parameter or an iterable of parameters (objects with .data and .grad)
+    max_norm: float,  # the largest total norm the gradients may have
+    total_norm,  # the total norm of the gradients, from `get_total_norm`
+    foreach=None,  # accepted for PyTorch compatibility; NumPy has one code path
+) -> None:
     "Scale every `.grad` in place by `min(1, max_norm / (total_norm + 1e-6))`."
     params = _as_parameter_list(parameters)
     max_norm = float(max_norm)
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads: return
+    if not grads:
+        return
     coef = _clip_coefficient(max_norm, total_norm)
-    with np.errstate(invalid='ignore'):   # inf * 0 is nan, silently, as in PyTorch
-        for g in grads: np.multiply(g, coef.astype(g.dtype), out=g)
+    with np.errstate(
+        invalid="ignore"
+    ):  # inf * 0 is nan, silently, as in PyTorch
+        for g in grads:
+            np.multiply(g, coef.astype(g.dtype), out=g)
 
 # %% ../../nbs/11_clipping.ipynb #53b2a5da
-def clip_grad_norm_(parameters, # a parameter or an iterable of parameters (objects with .data and .grad)
-                    max_norm:float, # the largest total norm the gradients may have
-                    norm_type:float=2.0, # the p of the p-norm; `inf` or 'inf' for the largest absolute entry
-                    error_if_nonfinite:bool=False, # raise a RuntimeError, before changing anything, if the norm is nan or inf
-                    foreach=None, # accepted for PyTorch compatibility; NumPy has one code path
-                   )->np.ndarray: # the total norm *before* clipping, a 0-d array (see `get_total_norm`)
+def clip_grad_norm_(
+    parameters,  # a parameter or an iterable of parameters (objects with .data and .grad)
+    max_norm: float,  # the largest total norm the gradients may have
+    norm_type: float = 2.0,  # the p of the p-norm; `inf` or 'inf' for the largest absolute entry
+    error_if_nonfinite: bool = False,  # raise a RuntimeError, before changing anything, if the norm is nan or inf
+    foreach=None,  # accepted for PyTorch compatibility; NumPy has one code path
+) -> (
+    np.ndarray
+):  # the total norm *before* clipping, a 0-d array (see `get_total_norm`)
     "Rescale all gradients in place so that their total norm is at most `max_norm`; return the norm they had."
     params = _as_parameter_list(parameters, warn_if_empty_generator=True)
     grads = [p.grad for p in params if p.grad is not None]
@@ -117,12 +182,14 @@ def clip_grad_norm_(parameters, # a parameter or an iterable of parameters (obje
     return total_norm
 
 # %% ../../nbs/11_clipping.ipynb #9a4bbf71
-def clip_grad_value_(parameters, # a parameter or an iterable of parameters (objects with .data and .grad)
-                     clip_value:float, # every gradient entry is clamped to [-clip_value, clip_value]
-                     foreach=None, # accepted for PyTorch compatibility; NumPy has one code path
-                    )->None:
+def clip_grad_value_(
+    parameters,  # a parameter or an iterable of parameters (objects with .data and .grad)
+    clip_value: float,  # every gradient entry is clamped to [-clip_value, clip_value]
+    foreach=None,  # accepted for PyTorch compatibility; NumPy has one code path
+) -> None:
     "Clamp every entry of every `.grad` in place to `[-clip_value, clip_value]`."
     params = _as_parameter_list(parameters)
     clip_value = float(clip_value)
     for p in params:
-        if p.grad is not None: np.clip(p.grad, -clip_value, clip_value, out=p.grad)
+        if p.grad is not None:
+            np.clip(p.grad, -clip_value, clip_value, out=p.grad)

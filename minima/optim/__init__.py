@@ -32,10 +32,42 @@ from .lookahead import Lookahead
 from .schedule_free import SGDScheduleFree, AdamWScheduleFree
 from .adafactor import Adafactor
 from . import lr_scheduler
-from ..nn.utils import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
+from minima.nn.utils import (
+    clip_grad_norm_,
+    clip_grad_value_,
+    clip_grads_with_norm_,
+    get_total_norm,
+)
+
 # Last: the fast paths (chapter 14) import the optimizers and register themselves with them.
 from .. import fast as _fast_paths  # noqa: F401 (imported for its registrations)
 
-_all_ = ['Optimizer', 'SGD', 'GD', 'Adagrad', 'AdaGrad', 'RMSprop', 'RMSProp', 'Adadelta', 'Adam', 'AdamW',
-         'Adamax', 'NAdam', 'RAdam', 'LBFGS', 'Rprop', 'ASGD', 'Lion', 'Prodigy', 'Lookahead', 'SGDScheduleFree', 'AdamWScheduleFree', 'Adafactor', 'lr_scheduler',
-         'clip_grad_norm_', 'clip_grad_value_', 'clip_grads_with_norm_', 'get_total_norm']
+_all_ = [
+    "Optimizer",
+    "SGD",
+    "GD",
+    "Adagrad",
+    "AdaGrad",
+    "RMSprop",
+    "RMSProp",
+    "Adadelta",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "LBFGS",
+    "Rprop",
+    "ASGD",
+    "Lion",
+    "Prodigy",
+    "Lookahead",
+    "SGDScheduleFree",
+    "AdamWScheduleFree",
+    "Adafactor",
+    "lr_scheduler",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "clip_grads_with_norm_",
+    "get_total_norm",
+]

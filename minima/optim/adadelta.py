@@ -10,27 +10,42 @@ __all__ = ['AdadeltaConstants', 'adadelta_constants', 'adadelta_rule', 'adadelta
 from collections import namedtuple
 import numpy as np
 from .optimizer import Optimizer, elementwise
-from .optimizer import (validate_eps, validate_fused, validate_lr,
-                                    validate_weight_decay)
+from minima.optim.optimizer import (
+    validate_eps,
+    validate_fused,
+    validate_lr,
+    validate_weight_decay,
+)
 
 # %% ../../nbs/06_rmsprop.ipynb #1dd10663
-AdadeltaConstants = namedtuple('AdadeltaConstants', [
-    'maximize', 'l2', 'weight_decay', 'rho', 'one_minus_rho', 'eps', 'lr'])
+AdadeltaConstants = namedtuple(
+    "AdadeltaConstants",
+    ["maximize", "l2", "weight_decay", "rho", "one_minus_rho", "eps", "lr"],
+)
 
-def adadelta_constants(step_t:np.ndarray, # 0-d step counter, incremented in place
-                       *, lr:float, rho:float, eps:float, weight_decay:float,
-                       maximize:bool, # as `adadelta`
-                      ) -> AdadeltaConstants:
+
+def adadelta_constants(
+    step_t: np.ndarray,  # 0-d step counter, incremented in place
+    *,
+    lr: float,
+    rho: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,  # as `adadelta`
+) -> AdadeltaConstants:
     "Advance the step counter and gather this step's constants and flags."
     step_t += 1
-    return AdadeltaConstants(maximize, weight_decay != 0, weight_decay, rho, 1 - rho,
-                             eps, lr)
+    return AdadeltaConstants(
+        maximize, weight_decay != 0, weight_decay, rho, 1 - rho, eps, lr
+    )
 
 # %% ../../nbs/06_rmsprop.ipynb #d08f0e81
 def adadelta_rule(c, param, grad, square_avg, acc_delta):
     "One Adadelta step on numbers or arrays, in PyTorch's order of operations."
-    if c.maximize: grad = -grad
-    if c.l2: grad = grad + param * c.weight_decay
+    if c.maximize:
+        grad = -grad
+    if c.l2:
+        grad = grad + param * c.weight_decay
     square_avg *= c.rho
     square_avg += grad * c.one_minus_rho * grad
     std = np.sqrt(square_avg + c.eps)
@@ -40,56 +55,84 @@ def adadelta_rule(c, param, grad, square_avg, acc_delta):
     param -= c.lr * delta
     return param, square_avg, acc_delta
 
-def adadelta(params:list, # parameter arrays, updated in place
-             grads:list, # their gradients (never modified)
-             square_avgs:list, # averages of squared gradients, updated in place
-             acc_deltas:list, # averages of squared updates, updated in place
-             state_steps:list, # 0-d float64 step counters, incremented in place
-             *,
-             lr:float, # multiplies the update (1.0 is the paper's rule)
-             rho:float, # decay of both leaky averages
-             eps:float, # added inside both square roots
-             weight_decay:float, # L2 penalty added to the gradient
-             maximize:bool, # ascend instead of descend
-             apply=elementwise, # how the rule meets the arrays (chapter 3)
-            ):
+
+def adadelta(
+    params: list,  # parameter arrays, updated in place
+    grads: list,  # their gradients (never modified)
+    square_avgs: list,  # averages of squared gradients, updated in place
+    acc_deltas: list,  # averages of squared updates, updated in place
+    state_steps: list,  # 0-d float64 step counters, incremented in place
+    *,
+    lr: float,  # multiplies the update (1.0 is the paper's rule)
+    rho: float,  # decay of both leaky averages
+    eps: float,  # added inside both square roots
+    weight_decay: float,  # L2 penalty added to the gradient
+    maximize: bool,  # ascend instead of descend
+    apply=elementwise,  # how the rule meets the arrays (chapter 3)
+):
     "Adadelta on lists of arrays, as `torch.optim.adadelta.adadelta`."
     for i, param in enumerate(params):
-        c = adadelta_constants(state_steps[i], lr=lr, rho=rho, eps=eps,
-                               weight_decay=weight_decay, maximize=maximize)
+        c = adadelta_constants(
+            state_steps[i],
+            lr=lr,
+            rho=rho,
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+        )
         apply(adadelta_rule, c, param, grads[i], square_avgs[i], acc_deltas[i])
 
 # %% ../../nbs/06_rmsprop.ipynb #caef5ec0
 class Adadelta(Optimizer):
     "Adadelta: RMSprop's average of squares, the step scaled by the RMS of past steps."
-    def __init__(self,
-                 params, # iterable of parameters or of dicts defining groups
-                 lr:float=1.0, # multiplies the update (1.0 is the paper's rule)
-                 rho:float=0.9, # decay of both leaky averages
-                 eps:float=1e-6, # added inside both square roots
-                 weight_decay:float=0, # L2 penalty added to the gradient
-                 foreach:bool|None=None, # flat buffers: None (large groups), True, False
-                 *,
-                 fused:bool|None=None, # a compiled loop per buffer or tensor (numba)
-                 maximize:bool=False, # ascend instead of descend
-                ):
+
+    def __init__(
+        self,
+        params,  # iterable of parameters or of dicts defining groups
+        lr: float = 1.0,  # multiplies the update (1.0 is the paper's rule)
+        rho: float = 0.9,  # decay of both leaky averages
+        eps: float = 1e-6,  # added inside both square roots
+        weight_decay: float = 0,  # L2 penalty added to the gradient
+        foreach: bool
+        | None = None,  # flat buffers: None (large groups), True, False
+        *,
+        fused: bool
+        | None = None,  # a compiled loop per buffer or tensor (numba)
+        maximize: bool = False,  # ascend instead of descend
+    ):
         validate_lr(lr)
-        if not 0.0 <= rho <= 1.0: raise ValueError(f"Invalid rho value: {rho}")
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"Invalid rho value: {rho}")
         validate_eps(eps)
         validate_weight_decay(weight_decay)
-        defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                        maximize=maximize, foreach=foreach, fused=fused)
+        defaults = dict(
+            lr=lr,
+            rho=rho,
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+        )
         super().__init__(params, defaults)
         validate_fused(foreach, fused)
 
     def _state_keys(self, group):
         "The state arrays shaped like a parameter."
-        return ('square_avg', 'acc_delta')
+        return ("square_avg", "acc_delta")
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `adadelta` on a whole group, or on pieces of its flat buffer."
-        adadelta(params, grads, [s['square_avg'] for s in states],
-                 [s['acc_delta'] for s in states], [s['step'] for s in states],
-                 lr=group['lr'], rho=group['rho'], eps=group['eps'],
-                 weight_decay=group['weight_decay'], maximize=group['maximize'],
-                 apply=apply)
+        adadelta(
+            params,
+            grads,
+            [s["square_avg"] for s in states],
+            [s["acc_delta"] for s in states],
+            [s["step"] for s in states],
+            lr=group["lr"],
+            rho=group["rho"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+            apply=apply,
+        )

@@ -12,71 +12,89 @@ from .optimizer import Optimizer, elementwise, lerp
 __all__ = ['AdafactorConstants', 'rms', 'adafactor_constants', 'factored_variance', 'adafactor', 'Adafactor']
 
 # %% ../../nbs/09b_adafactor.ipynb #bdc7092d
-def rms(x:np.ndarray # any array
-       ) -> float:
+def rms(
+    x: np.ndarray,  # any array
+) -> float:
     "Root mean square of the entries: the 2-norm over the root of the count."
-    return float(np.linalg.norm(x.reshape(-1))) / x.size ** 0.5
+    return float(np.linalg.norm(x.reshape(-1))) / x.size**0.5
 
 # %% ../../nbs/09b_adafactor.ipynb #c49927af
-AdafactorConstants = namedtuple('AdafactorConstants', [
-    'one_minus_beta2', 'beta2', 'rho'])
+AdafactorConstants = namedtuple(
+    "AdafactorConstants", ["one_minus_beta2", "beta2", "rho"]
+)
 
-def adafactor_constants(step_t:np.ndarray, # 0-d step counter, incremented
-                        *, lr:float, beta2_decay:float, # as `adafactor`
-                       ) -> AdafactorConstants:
+
+def adafactor_constants(
+    step_t: np.ndarray,  # 0-d step counter, incremented
+    *,
+    lr: float,
+    beta2_decay: float,  # as `adafactor`
+) -> AdafactorConstants:
     "Advance the step counter; this step's averaging weight and relative step."
     step_t += 1
     step = float(step_t)
-    one_minus_beta2 = step ** beta2_decay
-    return AdafactorConstants(one_minus_beta2, 1 - one_minus_beta2,
-                              min(lr, 1 / step ** 0.5))
+    one_minus_beta2 = step**beta2_decay
+    return AdafactorConstants(
+        one_minus_beta2, 1 - one_minus_beta2, min(lr, 1 / step**0.5)
+    )
 
 # %% ../../nbs/09b_adafactor.ipynb #e181c301
-def factored_variance(c:AdafactorConstants, # this step's constants
-                      grad:np.ndarray, # a gradient of >= 2 dimensions
-                      row_var:np.ndarray, # R: grad's shape, dim -1 is 1
-                      col_var:np.ndarray, # C: grad's shape, dim -2 is 1
-                      eps1:float, # floor of the mean of R
-                     ) -> np.ndarray:
+def factored_variance(
+    c: AdafactorConstants,  # this step's constants
+    grad: np.ndarray,  # a gradient of >= 2 dimensions
+    row_var: np.ndarray,  # R: grad's shape, dim -1 is 1
+    col_var: np.ndarray,  # C: grad's shape, dim -2 is 1
+    eps1: float,  # floor of the mean of R
+) -> np.ndarray:
     "Average the row and column means of grad**2 into R, C; R C / mean(R)."
-    w, one = row_var.dtype.type(c.one_minus_beta2), row_var.dtype.type(1)   # as lerp_
+    w, one = (
+        row_var.dtype.type(c.one_minus_beta2),
+        row_var.dtype.type(1),
+    )  # as lerp_
     row_mean = (grad * grad).mean(axis=-1, keepdims=True)
     row_var[...] = lerp(row_var, row_mean, w, one)
     col_mean = (grad * grad).mean(axis=-2, keepdims=True)
     col_var[...] = lerp(col_var, col_mean, w, one)
     var_estimate = row_var @ col_var
-    return var_estimate / np.maximum(row_var.mean(axis=-2, keepdims=True), eps1)
+    return var_estimate / np.maximum(
+        row_var.mean(axis=-2, keepdims=True), eps1
+    )
 
 # %% ../../nbs/09b_adafactor.ipynb #d23a11fe
-def adafactor(params:list, # parameter arrays, updated in place
-              grads:list, # their gradients (not modified)
-              row_vars:list, # row factors R (None for vectors), updated
-              col_vars:list, # column factors C (None for vectors), updated
-              variances:list, # full estimates of vectors (None for matrices)
-              state_steps:list, # 0-d float64 step counters, incremented
-              *,
-              d:float, # clipping threshold of RMS(U)
-              lr:float, # cap of the relative step size; weight decay rate
-              beta2_decay:float, # tau: 1 - beta2_t = t ** tau
-              weight_decay:float, # decoupled: theta *= 1 - lr * weight_decay
-              eps1:float|None, # floor of V's scale (None: the dtype's eps)
-              eps2:float, # floor of RMS(theta) in the step size
-              maximize:bool, # ascend instead of descend
-             ):
+def adafactor(
+    params: list,  # parameter arrays, updated in place
+    grads: list,  # their gradients (not modified)
+    row_vars: list,  # row factors R (None for vectors), updated
+    col_vars: list,  # column factors C (None for vectors), updated
+    variances: list,  # full estimates of vectors (None for matrices)
+    state_steps: list,  # 0-d float64 step counters, incremented
+    *,
+    d: float,  # clipping threshold of RMS(U)
+    lr: float,  # cap of the relative step size; weight decay rate
+    beta2_decay: float,  # tau: 1 - beta2_t = t ** tau
+    weight_decay: float,  # decoupled: theta *= 1 - lr * weight_decay
+    eps1: float | None,  # floor of V's scale (None: the dtype's eps)
+    eps2: float,  # floor of RMS(theta) in the step size
+    maximize: bool,  # ascend instead of descend
+):
     "Adafactor on lists of arrays, as torch's `_single_tensor_adafactor`."
-    if eps1 is None and params: eps1 = float(np.finfo(params[0].dtype).eps)
+    if eps1 is None and params:
+        eps1 = float(np.finfo(params[0].dtype).eps)
     for i, param in enumerate(params):
         grad = -grads[i] if maximize else grads[i]
         c = adafactor_constants(state_steps[i], lr=lr, beta2_decay=beta2_decay)
         alpha = max(eps2, rms(param)) * c.rho
-        if weight_decay != 0: param *= 1 - lr * weight_decay
+        if weight_decay != 0:
+            param *= 1 - lr * weight_decay
         if grad.ndim > 1:
-            var_estimate = factored_variance(c, grad, row_vars[i], col_vars[i],
-                                             eps1)
+            var_estimate = factored_variance(
+                c, grad, row_vars[i], col_vars[i], eps1
+            )
         else:
-            T = param.dtype.type   # lerp_'s weight and 1 - weight in the dtype
-            variances[i][...] = lerp(variances[i], grad * grad,
-                                     T(c.one_minus_beta2), T(1))
+            T = param.dtype.type  # lerp_'s weight and 1 - weight in the dtype
+            variances[i][...] = lerp(
+                variances[i], grad * grad, T(c.one_minus_beta2), T(1)
+            )
             var_estimate = variances[i]
         update = 1 / np.sqrt(np.maximum(var_estimate, eps1 * eps1)) * grad
         param -= alpha / max(1.0, rms(update) / d) * update
@@ -97,44 +115,62 @@ def _validate(lr, beta2_decay, eps, d, weight_decay):
     if not 0.0 <= weight_decay:
         raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")
 
+
 class Adafactor(Optimizer):
     "Adafactor (Shazeer & Stern, 2018): factored second moments."
-    def __init__(self,
-                 params, # parameters, or dicts defining parameter groups
-                 lr:float=1e-2, # cap of the relative step; weight decay rate
-                 beta2_decay:float=-0.8, # tau: 1 - beta2_t = t ** tau
-                 eps:tuple=(None, 1e-3), # floors of V and of RMS(theta)
-                 d:float=1.0, # clipping threshold of RMS(U)
-                 weight_decay:float=0.0, # decoupled decay, times lr
-                 *,
-                 foreach:bool|None=None, # as in PyTorch; runs the same kernel
-                 maximize:bool=False, # ascend instead of descend
-                ):
+
+    def __init__(
+        self,
+        params,  # parameters, or dicts defining parameter groups
+        lr: float = 1e-2,  # cap of the relative step; weight decay rate
+        beta2_decay: float = -0.8,  # tau: 1 - beta2_t = t ** tau
+        eps: tuple = (None, 1e-3),  # floors of V and of RMS(theta)
+        d: float = 1.0,  # clipping threshold of RMS(U)
+        weight_decay: float = 0.0,  # decoupled decay, times lr
+        *,
+        foreach: bool | None = None,  # as in PyTorch; runs the same kernel
+        maximize: bool = False,  # ascend instead of descend
+    ):
         _validate(lr, beta2_decay, eps, d, weight_decay)
-        defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d,
-                        weight_decay=weight_decay, foreach=foreach,
-                        maximize=maximize)
+        defaults = dict(
+            lr=lr,
+            beta2_decay=beta2_decay,
+            eps=eps,
+            d=d,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            maximize=maximize,
+        )
         super().__init__(params, defaults)
 
     def _group_state(self, p, group):
         "The state of `p`, created at its first step: factors for >= 2 dims."
         state = self.state[p]
         if not state:
-            state['step'] = np.zeros((), np.float64)
+            state["step"] = np.zeros((), np.float64)
             if p.grad.ndim > 1:
                 *batch, m, n = p.grad.shape
-                state['row_var'] = np.zeros((*batch, m, 1), p.grad.dtype)
-                state['col_var'] = np.zeros((*batch, 1, n), p.grad.dtype)
-            else: state['variance'] = np.zeros_like(p.grad)
+                state["row_var"] = np.zeros((*batch, m, 1), p.grad.dtype)
+                state["col_var"] = np.zeros((*batch, 1, n), p.grad.dtype)
+            else:
+                state["variance"] = np.zeros_like(p.grad)
         return state
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `adafactor` on a group's arrays (not elementwise: no `apply`)."
-        eps1, eps2 = group['eps']
-        adafactor(params, grads, [s.get('row_var') for s in states],
-                  [s.get('col_var') for s in states],
-                  [s.get('variance') for s in states],
-                  [s['step'] for s in states], d=group['d'], lr=group['lr'],
-                  beta2_decay=group['beta2_decay'],
-                  weight_decay=group['weight_decay'], eps1=eps1, eps2=eps2,
-                  maximize=group['maximize'])
+        eps1, eps2 = group["eps"]
+        adafactor(
+            params,
+            grads,
+            [s.get("row_var") for s in states],
+            [s.get("col_var") for s in states],
+            [s.get("variance") for s in states],
+            [s["step"] for s in states],
+            d=group["d"],
+            lr=group["lr"],
+            beta2_decay=group["beta2_decay"],
+            weight_decay=group["weight_decay"],
+            eps1=eps1,
+            eps2=eps2,
+            maximize=group["maximize"],
+        )

@@ -7,104 +7,152 @@ from __future__ import annotations
 from collections import namedtuple
 import numpy as np
 from .optimizer import Optimizer, elementwise
-from .optimizer import (validate_eps, validate_fused, validate_lr,
-                                    validate_weight_decay)
+from minima.optim.optimizer import (
+    validate_eps,
+    validate_fused,
+    validate_lr,
+    validate_weight_decay,
+)
 
 # %% auto #0
 __all__ = ['AdagradConstants', 'AdaGrad', 'adagrad_constants', 'adagrad_rule', 'adagrad', 'Adagrad']
 
 # %% ../../nbs/05_adagrad.ipynb #d6321e53
-AdagradConstants = namedtuple('AdagradConstants',
-                              ['maximize', 'l2', 'weight_decay', 'eps', 'clr'])
+AdagradConstants = namedtuple(
+    "AdagradConstants", ["maximize", "l2", "weight_decay", "eps", "clr"]
+)
 
-def adagrad_constants(step_t:np.ndarray, # 0-d step counter, incremented in place
-                      *, lr:float, weight_decay:float, lr_decay:float,
-                      eps:float, maximize:bool, # as `adagrad`
-                     ) -> AdagradConstants:
+
+def adagrad_constants(
+    step_t: np.ndarray,  # 0-d step counter, incremented in place
+    *,
+    lr: float,
+    weight_decay: float,
+    lr_decay: float,
+    eps: float,
+    maximize: bool,  # as `adagrad`
+) -> AdagradConstants:
     "Advance the step counter; this step's learning rate `clr` lives here only."
     step_t += 1
     step = float(step_t)
     clr = lr / (1 + (step - 1) * lr_decay)
-    return AdagradConstants(maximize, weight_decay != 0, weight_decay, eps, clr)
+    return AdagradConstants(
+        maximize, weight_decay != 0, weight_decay, eps, clr
+    )
 
 # %% ../../nbs/05_adagrad.ipynb #04f9947b
 def adagrad_rule(c, param, grad, state_sum):
     "One AdaGrad step on numbers or arrays, in PyTorch's order of operations."
-    if c.maximize: grad = -grad
-    if c.l2: grad = grad + param * c.weight_decay
+    if c.maximize:
+        grad = -grad
+    if c.l2:
+        grad = grad + param * c.weight_decay
     state_sum += grad * grad
     std = np.sqrt(state_sum) + c.eps
     param -= c.clr * grad / std
     return param, state_sum
 
-def adagrad(params:list, # parameter arrays, updated in place
-            grads:list, # their gradients (never modified)
-            state_sums:list, # sums of squared gradients, updated in place
-            state_steps:list, # 0-d float64 step counters, incremented in place
-            *,
-            lr:float, # learning rate
-            weight_decay:float, # L2 penalty added to the gradient
-            lr_decay:float, # step t uses lr / (1 + (t-1)*lr_decay)
-            eps:float, # added to the square root of the sum
-            maximize:bool, # ascend instead of descend
-            apply=elementwise, # how the rule meets the arrays (chapter 3)
-           ):
+
+def adagrad(
+    params: list,  # parameter arrays, updated in place
+    grads: list,  # their gradients (never modified)
+    state_sums: list,  # sums of squared gradients, updated in place
+    state_steps: list,  # 0-d float64 step counters, incremented in place
+    *,
+    lr: float,  # learning rate
+    weight_decay: float,  # L2 penalty added to the gradient
+    lr_decay: float,  # step t uses lr / (1 + (t-1)*lr_decay)
+    eps: float,  # added to the square root of the sum
+    maximize: bool,  # ascend instead of descend
+    apply=elementwise,  # how the rule meets the arrays (chapter 3)
+):
     "AdaGrad on lists of arrays, as `torch.optim.adagrad.adagrad`."
     for i, param in enumerate(params):
-        c = adagrad_constants(state_steps[i], lr=lr, weight_decay=weight_decay,
-                              lr_decay=lr_decay, eps=eps, maximize=maximize)
+        c = adagrad_constants(
+            state_steps[i],
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_decay=lr_decay,
+            eps=eps,
+            maximize=maximize,
+        )
         apply(adagrad_rule, c, param, grads[i], state_sums[i])
 
 # %% ../../nbs/05_adagrad.ipynb #2a64fd31
 class Adagrad(Optimizer):
     "AdaGrad: each coordinate's step is divided by the root of its sum of squares."
-    def __init__(self,
-                 params, # iterable of parameters or of dicts defining groups
-                 lr:float=1e-2, # learning rate
-                 lr_decay:float=0, # step t uses lr / (1 + (t-1)*lr_decay)
-                 weight_decay:float=0, # L2 penalty added to the gradient
-                 initial_accumulator_value:float=0, # start of every sum of squares
-                 eps:float=1e-10, # added to the square root of the sum
-                 foreach:bool|None=None, # flat buffers: None (large groups), True, False
-                 *,
-                 maximize:bool=False, # ascend instead of descend
-                 fused:bool|None=None, # a compiled loop per buffer or tensor (numba)
-                ):
+
+    def __init__(
+        self,
+        params,  # iterable of parameters or of dicts defining groups
+        lr: float = 1e-2,  # learning rate
+        lr_decay: float = 0,  # step t uses lr / (1 + (t-1)*lr_decay)
+        weight_decay: float = 0,  # L2 penalty added to the gradient
+        initial_accumulator_value: float = 0,  # start of every sum of squares
+        eps: float = 1e-10,  # added to the square root of the sum
+        foreach: bool
+        | None = None,  # flat buffers: None (large groups), True, False
+        *,
+        maximize: bool = False,  # ascend instead of descend
+        fused: bool
+        | None = None,  # a compiled loop per buffer or tensor (numba)
+    ):
         validate_lr(lr)
-        if not 0.0 <= lr_decay: raise ValueError(f"Invalid lr_decay value: {lr_decay}")
+        if not 0.0 <= lr_decay:
+            raise ValueError(f"Invalid lr_decay value: {lr_decay}")
         validate_weight_decay(weight_decay)
         init = initial_accumulator_value
-        if not 0.0 <= init: raise ValueError(f"Invalid initial_accumulator_value value: {init}")
+        if not 0.0 <= init:
+            raise ValueError(
+                f"Invalid initial_accumulator_value value: {init}"
+            )
         validate_eps(eps)
-        defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
-                        initial_accumulator_value=init, foreach=foreach,
-                        maximize=maximize, fused=fused)
+        defaults = dict(
+            lr=lr,
+            lr_decay=lr_decay,
+            eps=eps,
+            weight_decay=weight_decay,
+            initial_accumulator_value=init,
+            foreach=foreach,
+            maximize=maximize,
+            fused=fused,
+        )
         super().__init__(params, defaults)
         validate_fused(foreach, fused)
         for group in self.param_groups:  # eager state, as PyTorch's Adagrad
-            for p in group['params']: self._init_state(p, init)
+            for p in group["params"]:
+                self._init_state(p, init)
 
     def _init_state(self, p, initial_accumulator_value):
         "Unless `p` has state: a step counter at 0, a sum filled with the value."
         state = self.state[p]
         if len(state) == 0:
-            state['step'] = np.zeros((), np.float64)
-            state['sum'] = np.full_like(p.data, initial_accumulator_value)
+            state["step"] = np.zeros((), np.float64)
+            state["sum"] = np.full_like(p.data, initial_accumulator_value)
 
     def _state_keys(self, group):
         "The state array shaped like a parameter: the sum of squares."
-        return ('sum',)
+        return ("sum",)
 
     def _group_state(self, p, group):
         "The state of `p`; parameters added later get theirs here, from the defaults."
-        self._init_state(p, self.defaults['initial_accumulator_value'])
+        self._init_state(p, self.defaults["initial_accumulator_value"])
         return self.state[p]
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `adagrad` on a whole group, or on pieces of its flat buffer."
-        adagrad(params, grads, [s['sum'] for s in states], [s['step'] for s in states],
-                lr=group['lr'], weight_decay=group['weight_decay'],
-                lr_decay=group['lr_decay'], eps=group['eps'],
-                maximize=group['maximize'], apply=apply)
+        adagrad(
+            params,
+            grads,
+            [s["sum"] for s in states],
+            [s["step"] for s in states],
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            lr_decay=group["lr_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+            apply=apply,
+        )
+
 
 AdaGrad = Adagrad  # the name used in the paper and many tutorials

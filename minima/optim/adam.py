@@ -7,7 +7,13 @@ from __future__ import annotations
 from collections import namedtuple
 import numpy as np
 from .optimizer import Optimizer, elementwise, lerp
-from .optimizer import validate_betas, validate_eps, validate_fused, validate_lr, validate_weight_decay
+from minima.optim.optimizer import (
+    validate_betas,
+    validate_eps,
+    validate_fused,
+    validate_lr,
+    validate_weight_decay,
+)
 
 # %% auto #0
 __all__ = ['AdamConstants', 'adam_rule', 'adam_constants', 'adam', 'Adam']
@@ -15,9 +21,12 @@ __all__ = ['AdamConstants', 'adam_rule', 'adam_constants', 'adam', 'Adam']
 # %% ../../nbs/07_adam.ipynb #670c9f01
 def adam_rule(c, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq):
     "One step of Adam on numbers or arrays, in PyTorch's order of operations."
-    if c.maximize: grad = -grad
-    if c.decoupled: param *= c.decay                  # AdamW (chapter 8)
-    if c.l2: grad = grad + param * c.weight_decay
+    if c.maximize:
+        grad = -grad
+    if c.decoupled:
+        param *= c.decay  # AdamW (chapter 8)
+    if c.l2:
+        grad = grad + param * c.weight_decay
     exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.one)
     exp_avg_sq *= c.beta2
     exp_avg_sq += grad * c.one_minus_beta2 * grad
@@ -30,52 +39,100 @@ def adam_rule(c, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq):
     return param, exp_avg, exp_avg_sq, max_exp_avg_sq
 
 # %% ../../nbs/07_adam.ipynb #fbc41a8d
-AdamConstants = namedtuple('AdamConstants', [
-    'maximize', 'decoupled', 'l2', 'decay', 'weight_decay', 'beta1_weight',
-    'one', 'beta2', 'one_minus_beta2', 'amsgrad',
-    'bias_correction2_sqrt', 'eps', 'step_size'])
+AdamConstants = namedtuple(
+    "AdamConstants",
+    [
+        "maximize",
+        "decoupled",
+        "l2",
+        "decay",
+        "weight_decay",
+        "beta1_weight",
+        "one",
+        "beta2",
+        "one_minus_beta2",
+        "amsgrad",
+        "bias_correction2_sqrt",
+        "eps",
+        "step_size",
+    ],
+)
 
-def adam_constants(step_t:np.ndarray, # 0-d step counter, incremented in place
-                   *, amsgrad:bool, beta1:float, beta2:float, lr:float,
-                   weight_decay:float, eps:float, maximize:bool,
-                   decoupled_weight_decay:bool=False, # as `adam`
-                  ) -> AdamConstants:
+
+def adam_constants(
+    step_t: np.ndarray,  # 0-d step counter, incremented in place
+    *,
+    amsgrad: bool,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+    decoupled_weight_decay: bool = False,  # as `adam`
+) -> AdamConstants:
     "Advance the step counter; this step's bias corrections live here only."
     step_t += 1
     step = float(step_t)
     decay = weight_decay != 0
     return AdamConstants(
-        maximize, decay and decoupled_weight_decay,
-        decay and not decoupled_weight_decay, 1 - lr * weight_decay,
-        weight_decay, 1 - beta1, 1.0, beta2, 1 - beta2, amsgrad,
-        (1 - beta2 ** step) ** 0.5, eps, lr / (1 - beta1 ** step))
+        maximize,
+        decay and decoupled_weight_decay,
+        decay and not decoupled_weight_decay,
+        1 - lr * weight_decay,
+        weight_decay,
+        1 - beta1,
+        1.0,
+        beta2,
+        1 - beta2,
+        amsgrad,
+        (1 - beta2**step) ** 0.5,
+        eps,
+        lr / (1 - beta1**step),
+    )
 
-def adam(params:list, # parameter arrays, updated in place
-         grads:list, # their gradients (not modified)
-         exp_avgs:list, # first moments m, updated in place
-         exp_avg_sqs:list, # second moments v, updated in place
-         max_exp_avg_sqs:list, # running maxima of v (read with `amsgrad`)
-         state_steps:list, # 0-d float64 step counters, incremented in place
-         *,
-         amsgrad:bool, # use the running maximum of v in the denominator
-         beta1:float, # decay rate of m
-         beta2:float, # decay rate of v
-         lr:float, # learning rate
-         weight_decay:float, # L2 penalty (added to the gradient) or decay
-         eps:float, # added to the denominator, outside the square root
-         maximize:bool, # ascend instead of descend
-         decoupled_weight_decay:bool=False, # shrink the parameters (AdamW)
-         apply=elementwise, # how the rule meets the arrays (chapters 3, 14b)
-        ):
+
+def adam(
+    params: list,  # parameter arrays, updated in place
+    grads: list,  # their gradients (not modified)
+    exp_avgs: list,  # first moments m, updated in place
+    exp_avg_sqs: list,  # second moments v, updated in place
+    max_exp_avg_sqs: list,  # running maxima of v (read with `amsgrad`)
+    state_steps: list,  # 0-d float64 step counters, incremented in place
+    *,
+    amsgrad: bool,  # use the running maximum of v in the denominator
+    beta1: float,  # decay rate of m
+    beta2: float,  # decay rate of v
+    lr: float,  # learning rate
+    weight_decay: float,  # L2 penalty (added to the gradient) or decay
+    eps: float,  # added to the denominator, outside the square root
+    maximize: bool,  # ascend instead of descend
+    decoupled_weight_decay: bool = False,  # shrink the parameters (AdamW)
+    apply=elementwise,  # how the rule meets the arrays (chapters 3, 14b)
+):
     "Adam on lists of arrays, as `torch.optim.adam.adam`."
     for i, param in enumerate(params):
         c = adam_constants(
-            state_steps[i], amsgrad=amsgrad, beta1=beta1, beta2=beta2, lr=lr,
-            weight_decay=weight_decay, eps=eps, maximize=maximize,
-            decoupled_weight_decay=decoupled_weight_decay)
+            state_steps[i],
+            amsgrad=amsgrad,
+            beta1=beta1,
+            beta2=beta2,
+            lr=lr,
+            weight_decay=weight_decay,
+            eps=eps,
+            maximize=maximize,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
         max_exp_avg_sq = max_exp_avg_sqs[i] if amsgrad else None
-        apply(adam_rule, c, param, grads[i], exp_avgs[i], exp_avg_sqs[i],
-              max_exp_avg_sq)
+        apply(
+            adam_rule,
+            c,
+            param,
+            grads[i],
+            exp_avgs[i],
+            exp_avg_sqs[i],
+            max_exp_avg_sq,
+        )
 
 # %% ../../nbs/07_adam.ipynb #6cadad4a
 def _validate_float_betas(betas):
@@ -83,40 +140,74 @@ def _validate_float_betas(betas):
     if not (isinstance(betas[0], float) and isinstance(betas[1], float)):
         raise ValueError("betas must be either both floats or both Tensors")
 
+
 class Adam(Optimizer):
     "Adam (Kingma & Ba, 2015): momentum with per-coordinate step sizes; AMSGrad and AdamW's decay as options."
-    def __init__(self,
-                 params, # iterable of parameters or of dicts defining parameter groups
-                 lr:float=1e-3, # learning rate: the length of the first step of every coordinate
-                 betas:tuple=(0.9, 0.999), # decay rates of the first and second moments
-                 eps:float=1e-8, # added to the denominator, outside the square root
-                 weight_decay:float=0, # L2 penalty added to the gradient (see `decoupled_weight_decay`)
-                 amsgrad:bool=False, # divide by the running maximum of the second moment
-                 *,
-                 foreach:bool|None=None, # flat buffers: None for large groups, True always, False never
-                 maximize:bool=False, # ascend instead of descend
-                 fused:bool|None=None, # one compiled loop per buffer or tensor (needs numba; chapter 14b)
-                 decoupled_weight_decay:bool=False, # shrink the parameters directly, as AdamW
-                ):
-        validate_lr(lr); validate_eps(eps); validate_betas(betas); validate_weight_decay(weight_decay)
+
+    def __init__(
+        self,
+        params,  # iterable of parameters or of dicts defining parameter groups
+        lr: float = 1e-3,  # learning rate: the length of the first step of every coordinate
+        betas: tuple = (
+            0.9,
+            0.999,
+        ),  # decay rates of the first and second moments
+        eps: float = 1e-8,  # added to the denominator, outside the square root
+        weight_decay: float = 0,  # L2 penalty added to the gradient (see `decoupled_weight_decay`)
+        amsgrad: bool = False,  # divide by the running maximum of the second moment
+        *,
+        foreach: bool
+        | None = None,  # flat buffers: None for large groups, True always, False never
+        maximize: bool = False,  # ascend instead of descend
+        fused: bool
+        | None = None,  # one compiled loop per buffer or tensor (needs numba; chapter 14b)
+        decoupled_weight_decay: bool = False,  # shrink the parameters directly, as AdamW
+    ):
+        validate_lr(lr)
+        validate_eps(eps)
+        validate_betas(betas)
+        validate_weight_decay(weight_decay)
         _validate_float_betas(betas)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, foreach=foreach, fused=fused,
-                        decoupled_weight_decay=decoupled_weight_decay)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
         super().__init__(params, defaults)
         validate_fused(foreach, fused)
 
     def _state_keys(self, group):
         "The state arrays shaped like a parameter."
-        return ('exp_avg', 'exp_avg_sq') + (('max_exp_avg_sq',) if group['amsgrad'] else ())
+        return ("exp_avg", "exp_avg_sq") + (
+            ("max_exp_avg_sq",) if group["amsgrad"] else ()
+        )
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `adam` on a whole group, or on the pieces of its flat buffer."
-        beta1, beta2 = group['betas']
-        maxima = [s['max_exp_avg_sq'] for s in states] if group['amsgrad'] else []
-        adam(params, grads, [s['exp_avg'] for s in states],
-             [s['exp_avg_sq'] for s in states], maxima, [s['step'] for s in states],
-             amsgrad=group['amsgrad'], beta1=beta1, beta2=beta2, lr=group['lr'],
-             weight_decay=group['weight_decay'], eps=group['eps'],
-             maximize=group['maximize'],
-             decoupled_weight_decay=group['decoupled_weight_decay'], apply=apply)
+        beta1, beta2 = group["betas"]
+        maxima = (
+            [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else []
+        )
+        adam(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            maxima,
+            [s["step"] for s in states],
+            amsgrad=group["amsgrad"],
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            apply=apply,
+        )

@@ -14,80 +14,137 @@ from .optimizer import validate_lr, validate_weight_decay
 __all__ = ['AdamaxConstants', 'adamax_constants', 'adamax_rule', 'adamax', 'Adamax']
 
 # %% ../../nbs/09_adam_variants.ipynb #68727b1e
-AdamaxConstants = namedtuple('AdamaxConstants', ['maximize', 'l2', 'weight_decay',
-    'beta1_weight', 'one', 'beta2', 'eps', 'clr'])
+AdamaxConstants = namedtuple(
+    "AdamaxConstants",
+    [
+        "maximize",
+        "l2",
+        "weight_decay",
+        "beta1_weight",
+        "one",
+        "beta2",
+        "eps",
+        "clr",
+    ],
+)
 
-def adamax_constants(step_t:np.ndarray, # the 0-d step counter, incremented in place
-                     *, eps:float, beta1:float, beta2:float, lr:float,
-                     weight_decay:float, maximize:bool, # as `adamax`
-                    ) -> AdamaxConstants:
+
+def adamax_constants(
+    step_t: np.ndarray,  # the 0-d step counter, incremented in place
+    *,
+    eps: float,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    weight_decay: float,
+    maximize: bool,  # as `adamax`
+) -> AdamaxConstants:
     "Advance the step counter; this step's constants (the bias correction)."
     step_t += 1
     clr = lr / (1 - beta1 ** float(step_t))
-    return AdamaxConstants(maximize, weight_decay != 0, weight_decay,
-                           1 - beta1, 1.0, beta2, eps, clr)
+    return AdamaxConstants(
+        maximize,
+        weight_decay != 0,
+        weight_decay,
+        1 - beta1,
+        1.0,
+        beta2,
+        eps,
+        clr,
+    )
 
 # %% ../../nbs/09_adam_variants.ipynb #3d8788b5
 def adamax_rule(c, param, grad, exp_avg, exp_inf):
     "One step of Adamax on numbers or arrays, in PyTorch's order of operations."
-    if c.maximize: grad = -grad
-    if c.l2: grad = grad + param * c.weight_decay
+    if c.maximize:
+        grad = -grad
+    if c.l2:
+        grad = grad + param * c.weight_decay
     exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.one)
     exp_inf *= c.beta2
     exp_inf = np.maximum(exp_inf, abs(grad) + c.eps)
     param -= c.clr * exp_avg / exp_inf
     return param, exp_avg, exp_inf
 
-def adamax(params:list, # parameter arrays, updated in place
-           grads:list, # their gradients (not modified)
-           exp_avgs:list, # first moments m, updated in place
-           exp_infs:list, # decaying maxima u of |g|, updated in place
-           state_steps:list, # 0-d float64 step counters, incremented in place
-           *,
-           eps:float, # added to |g| inside the maximum
-           beta1:float, # decay rate of m
-           beta2:float, # decay rate of u
-           lr:float, # learning rate
-           weight_decay:float, # L2 penalty added to the gradient
-           maximize:bool, # ascend instead of descend
-           apply=elementwise, # how the rule meets the arrays
-          ):
+
+def adamax(
+    params: list,  # parameter arrays, updated in place
+    grads: list,  # their gradients (not modified)
+    exp_avgs: list,  # first moments m, updated in place
+    exp_infs: list,  # decaying maxima u of |g|, updated in place
+    state_steps: list,  # 0-d float64 step counters, incremented in place
+    *,
+    eps: float,  # added to |g| inside the maximum
+    beta1: float,  # decay rate of m
+    beta2: float,  # decay rate of u
+    lr: float,  # learning rate
+    weight_decay: float,  # L2 penalty added to the gradient
+    maximize: bool,  # ascend instead of descend
+    apply=elementwise,  # how the rule meets the arrays
+):
     "Adamax on lists of arrays, as `torch.optim.adamax.adamax`."
     for i, param in enumerate(params):
-        c = adamax_constants(state_steps[i], eps=eps, beta1=beta1, beta2=beta2,
-                             lr=lr, weight_decay=weight_decay, maximize=maximize)
+        c = adamax_constants(
+            state_steps[i],
+            eps=eps,
+            beta1=beta1,
+            beta2=beta2,
+            lr=lr,
+            weight_decay=weight_decay,
+            maximize=maximize,
+        )
         apply(adamax_rule, c, param, grads[i], exp_avgs[i], exp_infs[i])
 
 # %% ../../nbs/09_adam_variants.ipynb #6d140fa3
 class Adamax(Optimizer):
     "Adamax (Kingma & Ba, 2015, section 7): Adam with an infinity norm."
-    def __init__(self,
-                 params, # parameters, or dicts defining parameter groups
-                 lr:float=2e-3, # learning rate
-                 betas:tuple=(0.9, 0.999), # decay rates of m and of the maximum u
-                 eps:float=1e-8, # added to |g| inside the maximum
-                 weight_decay:float=0, # L2 penalty added to the gradient
-                 foreach:bool|None=None, # flat buffers (None: for large groups)
-                 *,
-                 fused:bool|None=None, # compiled loops (needs numba)
-                 maximize:bool=False, # ascend instead of descend
-                ):
-        validate_lr(lr); validate_eps(eps)
-        validate_betas(betas); validate_weight_decay(weight_decay)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        foreach=foreach, maximize=maximize, fused=fused)
+
+    def __init__(
+        self,
+        params,  # parameters, or dicts defining parameter groups
+        lr: float = 2e-3,  # learning rate
+        betas: tuple = (0.9, 0.999),  # decay rates of m and of the maximum u
+        eps: float = 1e-8,  # added to |g| inside the maximum
+        weight_decay: float = 0,  # L2 penalty added to the gradient
+        foreach: bool | None = None,  # flat buffers (None: for large groups)
+        *,
+        fused: bool | None = None,  # compiled loops (needs numba)
+        maximize: bool = False,  # ascend instead of descend
+    ):
+        validate_lr(lr)
+        validate_eps(eps)
+        validate_betas(betas)
+        validate_weight_decay(weight_decay)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            maximize=maximize,
+            fused=fused,
+        )
         super().__init__(params, defaults)
         validate_fused(foreach, fused)
 
     def _state_keys(self, group):
         "The state arrays shaped like a parameter."
-        return ('exp_avg', 'exp_inf')
+        return ("exp_avg", "exp_inf")
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `adamax` on the arrays of a group and their state dicts."
-        beta1, beta2 = group['betas']
-        adamax(params, grads, [s['exp_avg'] for s in states],
-               [s['exp_inf'] for s in states], [s['step'] for s in states],
-               eps=group['eps'], beta1=beta1, beta2=beta2, lr=group['lr'],
-               weight_decay=group['weight_decay'], maximize=group['maximize'],
-               apply=apply)
+        beta1, beta2 = group["betas"]
+        adamax(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_inf"] for s in states],
+            [s["step"] for s in states],
+            eps=group["eps"],
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+            apply=apply,
+        )

@@ -10,31 +10,58 @@ from .adam import Adam, adam
 __all__ = ['adamw', 'AdamW']
 
 # %% ../../nbs/08_adamw.ipynb #0c3bd7d7
-def adamw(params:list, # parameter arrays, updated in place
-          grads:list, # their gradients (not modified)
-          exp_avgs:list, # first moments m
-          exp_avg_sqs:list, # second moments v
-          max_exp_avg_sqs:list, # running maxima of v (read only with `amsgrad`)
-          state_steps:list, # 0-d float64 step counters, incremented in place
-          **hyper, # `amsgrad`, `beta1`, `beta2`, `lr`, `weight_decay`, `eps`, `maximize`, as `adam`
-         ):
+def adamw(
+    params: list,  # parameter arrays, updated in place
+    grads: list,  # their gradients (not modified)
+    exp_avgs: list,  # first moments m
+    exp_avg_sqs: list,  # second moments v
+    max_exp_avg_sqs: list,  # running maxima of v (read only with `amsgrad`)
+    state_steps: list,  # 0-d float64 step counters, incremented in place
+    **hyper,  # `amsgrad`, `beta1`, `beta2`, `lr`, `weight_decay`, `eps`, `maximize`, as `adam`
+):
     "AdamW's update: `adam` with decoupled weight decay."
-    adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, **hyper, decoupled_weight_decay=True)
+    adam(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        **hyper,
+        decoupled_weight_decay=True,
+    )
 
 # %% ../../nbs/08_adamw.ipynb #8342ae96
 class AdamW(Adam):
     "AdamW (Loshchilov & Hutter, 2019): Adam whose weight decay shrinks the parameters directly."
-    def __init__(self,
-                 params, # iterable of parameters or of dicts defining parameter groups
-                 lr:float=1e-3, # learning rate
-                 betas:tuple=(0.9, 0.999), # decay rates of the first and second moments
-                 eps:float=1e-8, # added to the denominator, outside the square root
-                 weight_decay:float=1e-2, # decay per step is lr * weight_decay (note the default)
-                 amsgrad:bool=False, # divide by the running maximum of the second moment
-                 *,
-                 maximize:bool=False, # ascend instead of descend
-                 foreach:bool|None=None, # flat buffers: None for large groups, True always, False never
-                 fused:bool|None=None, # one compiled loop per buffer or tensor (needs numba; chapter 14b)
-                ):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach, fused=fused,
-                         decoupled_weight_decay=True)
+
+    def __init__(
+        self,
+        params,  # iterable of parameters or of dicts defining parameter groups
+        lr: float = 1e-3,  # learning rate
+        betas: tuple = (
+            0.9,
+            0.999,
+        ),  # decay rates of the first and second moments
+        eps: float = 1e-8,  # added to the denominator, outside the square root
+        weight_decay: float = 1e-2,  # decay per step is lr * weight_decay (note the default)
+        amsgrad: bool = False,  # divide by the running maximum of the second moment
+        *,
+        maximize: bool = False,  # ascend instead of descend
+        foreach: bool
+        | None = None,  # flat buffers: None for large groups, True always, False never
+        fused: bool
+        | None = None,  # one compiled loop per buffer or tensor (needs numba; chapter 14b)
+    ):
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            decoupled_weight_decay=True,
+        )

@@ -13,77 +13,123 @@ from .optimizer import Optimizer, elementwise, validate_fused
 from .optimizer import validate_lr, validate_weight_decay
 
 # %% ../../nbs/12_beyond.ipynb #88af159e
-AsgdConstants = namedtuple('AsgdConstants', ['maximize', 'l2', 'weight_decay',
-    'decay', 'eta', 'average', 'mu'])
+AsgdConstants = namedtuple(
+    "AsgdConstants",
+    ["maximize", "l2", "weight_decay", "decay", "eta", "average", "mu"],
+)
 
-def asgd_constants(step_t:np.ndarray, # the 0-d step counter, incremented in place
-                   eta:np.ndarray, # 0-d float32 step size: read, then advanced to the next step's
-                   mu:np.ndarray, # 0-d float32 averaging weight: read, then advanced likewise
-                   *, lambd:float, lr:float, t0:float, alpha:float,
-                   weight_decay:float,
-                   maximize:bool, # as `asgd`
-                  ) -> AsgdConstants:
+
+def asgd_constants(
+    step_t: np.ndarray,  # the 0-d step counter, incremented in place
+    eta: np.ndarray,  # 0-d float32 step size: read, then advanced to the next step's
+    mu: np.ndarray,  # 0-d float32 averaging weight: read, then advanced likewise
+    *,
+    lambd: float,
+    lr: float,
+    t0: float,
+    alpha: float,
+    weight_decay: float,
+    maximize: bool,  # as `asgd`
+) -> AsgdConstants:
     "Advance the step; this step's numbers; the next step's `eta` and `mu` into the 0-d state, as PyTorch."
     step_t += 1
     eta_value, mu_value = float(eta), float(mu)
     step = float(step_t)
-    eta[...] = lr / ((1 + lambd * lr * step) ** alpha)   # rounded to eta's float32, as in PyTorch
+    eta[...] = lr / (
+        (1 + lambd * lr * step) ** alpha
+    )  # rounded to eta's float32, as in PyTorch
     mu[...] = 1 / max(1, step - t0)
-    return AsgdConstants(maximize, weight_decay != 0, weight_decay,
-                         1 - lambd * eta_value, eta_value, mu_value != 1, mu_value)
+    return AsgdConstants(
+        maximize,
+        weight_decay != 0,
+        weight_decay,
+        1 - lambd * eta_value,
+        eta_value,
+        mu_value != 1,
+        mu_value,
+    )
 
 # %% ../../nbs/12_beyond.ipynb #08761c36
 def asgd_rule(c, param, grad, ax):
     "One step of ASGD on numbers or arrays, in PyTorch's order of operations."
-    if c.maximize: grad = -grad
-    if c.l2: grad = grad + param * c.weight_decay
-    param *= c.decay                      # 1 - lambd * eta
+    if c.maximize:
+        grad = -grad
+    if c.l2:
+        grad = grad + param * c.weight_decay
+    param *= c.decay  # 1 - lambd * eta
     param -= grad * c.eta
-    if c.average: ax += (param - ax) * c.mu
-    else: ax = param                      # before t0 the "average" is the last iterate
+    if c.average:
+        ax += (param - ax) * c.mu
+    else:
+        ax = param  # before t0 the "average" is the last iterate
     return param, ax
 
-def asgd(params:list, # parameter arrays, updated in place
-         grads:list, # their gradients (not modified)
-         axs:list, # running averages $\bar x$ of the iterates (state `'ax'`)
-         mus:list, # 0-d float32 averaging weights $\mu_t$ (state `'mu'`)
-         etas:list, # 0-d float32 step sizes $\eta_t$ (state `'eta'`)
-         state_steps:list, # 0-d float64 step counters, incremented in place
-         *,
-         lambd:float, # $\lambda$: decay term, also in the step-size schedule
-         lr:float, # $\gamma$: initial step size
-         t0:float, # step after which averaging starts
-         alpha:float, # power of the step-size decay
-         weight_decay:float, # L2 penalty added to the gradient
-         maximize:bool, # ascend instead of descend
-         apply=elementwise, # how the rule meets the arrays: NumPy (chapter 3) or a compiled loop
-        ):
+
+def asgd(
+    params: list,  # parameter arrays, updated in place
+    grads: list,  # their gradients (not modified)
+    axs: list,  # running averages $\bar x$ of the iterates (state `'ax'`)
+    mus: list,  # 0-d float32 averaging weights $\mu_t$ (state `'mu'`)
+    etas: list,  # 0-d float32 step sizes $\eta_t$ (state `'eta'`)
+    state_steps: list,  # 0-d float64 step counters, incremented in place
+    *,
+    lambd: float,  # $\lambda$: decay term, also in the step-size schedule
+    lr: float,  # $\gamma$: initial step size
+    t0: float,  # step after which averaging starts
+    alpha: float,  # power of the step-size decay
+    weight_decay: float,  # L2 penalty added to the gradient
+    maximize: bool,  # ascend instead of descend
+    apply=elementwise,  # how the rule meets the arrays: NumPy (chapter 3) or a compiled loop
+):
     "ASGD on lists of arrays, as `torch.optim.asgd.asgd`: per tensor, the constants, then the rule."
     for i, param in enumerate(params):
-        c = asgd_constants(state_steps[i], etas[i], mus[i], lambd=lambd, lr=lr,
-                           t0=t0, alpha=alpha, weight_decay=weight_decay,
-                           maximize=maximize)
+        c = asgd_constants(
+            state_steps[i],
+            etas[i],
+            mus[i],
+            lambd=lambd,
+            lr=lr,
+            t0=t0,
+            alpha=alpha,
+            weight_decay=weight_decay,
+            maximize=maximize,
+        )
         apply(asgd_rule, c, param, grads[i], axs[i])
 
 # %% ../../nbs/12_beyond.ipynb #6ebd4f69
 class ASGD(Optimizer):
     "Averaged SGD: SGD with a decaying step size that also keeps the average of its iterates in `state[p]['ax']`."
-    def __init__(self, params, # an iterable of parameters or of parameter groups
-                 lr:float=1e-2, # initial step size $\gamma$
-                 lambd:float=1e-4, # decay term $\lambda$
-                 alpha:float=0.75, # power of the step-size decay
-                 t0:float=1e6, # step after which averaging starts
-                 weight_decay:float=0, # L2 penalty
-                 foreach:bool|None=None, # flat buffers: None for large groups, True always, False never
-                 maximize:bool=False, # ascend instead of descend
-                 *,
-                 fused:bool|None=None, # one compiled loop per buffer or tensor (needs numba; chapter 14b)
-                ):
+
+    def __init__(
+        self,
+        params,  # an iterable of parameters or of parameter groups
+        lr: float = 1e-2,  # initial step size $\gamma$
+        lambd: float = 1e-4,  # decay term $\lambda$
+        alpha: float = 0.75,  # power of the step-size decay
+        t0: float = 1e6,  # step after which averaging starts
+        weight_decay: float = 0,  # L2 penalty
+        foreach: bool
+        | None = None,  # flat buffers: None for large groups, True always, False never
+        maximize: bool = False,  # ascend instead of descend
+        *,
+        fused: bool
+        | None = None,  # one compiled loop per buffer or tensor (needs numba; chapter 14b)
+    ):
         validate_lr(lr)
         validate_weight_decay(weight_decay)
-        super().__init__(params, dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0,
-                                      weight_decay=weight_decay, foreach=foreach,
-                                      maximize=maximize, fused=fused))
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                lambd=lambd,
+                alpha=alpha,
+                t0=t0,
+                weight_decay=weight_decay,
+                foreach=foreach,
+                maximize=maximize,
+                fused=fused,
+            ),
+        )
         validate_fused(foreach, fused)
 
     def _state_keys(self, group):
@@ -93,7 +139,9 @@ class ASGD(Optimizer):
     def _group_state(self, p, group):
         "The state of `p`, created at its first step."
         state = self.state[p]
-        if not state:   # PyTorch keeps eta and mu as float32 scalars (its default dtype)
+        if (
+            not state
+        ):  # PyTorch keeps eta and mu as float32 scalars (its default dtype)
             state["step"] = np.zeros((), np.float64)
             state["eta"] = np.array(group["lr"], np.float32)
             state["mu"] = np.ones((), np.float32)
@@ -102,16 +150,29 @@ class ASGD(Optimizer):
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `asgd` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
-        asgd(params, grads, [s["ax"] for s in states], [s["mu"] for s in states],
-             [s["eta"] for s in states], [s["step"] for s in states],
-             lambd=group["lambd"], lr=group["lr"], t0=group["t0"],
-             alpha=group["alpha"], weight_decay=group["weight_decay"],
-             maximize=group["maximize"], apply=apply)
+        asgd(
+            params,
+            grads,
+            [s["ax"] for s in states],
+            [s["mu"] for s in states],
+            [s["eta"] for s in states],
+            [s["step"] for s in states],
+            lambd=group["lambd"],
+            lr=group["lr"],
+            t0=group["t0"],
+            alpha=group["alpha"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+            apply=apply,
+        )
 
-    def load_state_dict(self, state_dict:dict # as returned by `state_dict()`
-                       ):
+    def load_state_dict(
+        self,
+        state_dict: dict,  # as returned by `state_dict()`
+    ):
         "Load a state dict; `eta` and `mu` stay float32, so a reloaded run continues as an uninterrupted one."
         super().load_state_dict(state_dict)
         for state in self.state.values():
             for key in ("eta", "mu"):
-                if key in state: state[key] = np.asarray(state[key], np.float32)
+                if key in state:
+                    state[key] = np.asarray(state[key], np.float32)

@@ -12,169 +12,278 @@ from .optimizer import Optimizer, validate_lr
 __all__ = ['lbfgs_direction', 'cubic_interpolate', 'strong_wolfe', 'LBFGS']
 
 # %% ../../nbs/12_beyond.ipynb #714c55f1
-def lbfgs_direction(flat_grad:np.ndarray, # $g_k$: the gradient of all parameters as one flat vector
-                    old_dirs:list, # $y_i = g_{i+1} - g_i$, oldest first (PyTorch's state name)
-                    old_stps:list, # $s_i = x_{i+1} - x_i$, oldest first
-                    ro:list, # $\rho_i = 1 / (y_i \cdot s_i)$
-                    H_diag, # $\gamma$: the initial inverse Hessian is $\gamma I$
-                    al:list, # the $\alpha_i$, written in place (PyTorch's state `'al'`)
-                   ) -> np.ndarray:
+def lbfgs_direction(
+    flat_grad: np.ndarray,  # $g_k$: the gradient of all parameters as one flat vector
+    old_dirs: list,  # $y_i = g_{i+1} - g_i$, oldest first (PyTorch's state name)
+    old_stps: list,  # $s_i = x_{i+1} - x_i$, oldest first
+    ro: list,  # $\rho_i = 1 / (y_i \cdot s_i)$
+    H_diag,  # $\gamma$: the initial inverse Hessian is $\gamma I$
+    al: list,  # the $\alpha_i$, written in place (PyTorch's state `'al'`)
+) -> np.ndarray:
     "The L-BFGS search direction $-H_k g_k$ by the two-loop recursion."
     q = -flat_grad
-    for i in range(len(old_dirs) - 1, -1, -1):        # newest pair first
+    for i in range(len(old_dirs) - 1, -1, -1):  # newest pair first
         al[i] = old_stps[i].dot(q) * ro[i]
         q -= al[i] * old_dirs[i]
     r = q * H_diag
-    for i in range(len(old_dirs)):                    # oldest pair first
+    for i in range(len(old_dirs)):  # oldest pair first
         beta = old_dirs[i].dot(r) * ro[i]
         r += (al[i] - beta) * old_stps[i]
     return r
 
 # %% ../../nbs/12_beyond.ipynb #1dec3ef5
-def cubic_interpolate(x1, f1, g1, # first point: step length, value, slope
-                      x2, f2, g2, # second point: step length, value, slope
-                      bounds=None, # `(lo, hi)` to clamp the result to; the interval between the points by default
-                     ):
+def cubic_interpolate(
+    x1,
+    f1,
+    g1,  # first point: step length, value, slope
+    x2,
+    f2,
+    g2,  # second point: step length, value, slope
+    bounds=None,  # `(lo, hi)` to clamp the result to; the interval between the points by default
+):
     "Minimiser of the cubic through two points with given values and slopes, clamped to `bounds`."
     lo, hi = bounds if bounds is not None else (min(x1, x2), max(x1, x2))
     d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
-    d2_square = d1 ** 2 - g1 * g2
-    if not d2_square >= 0: return (lo + hi) / 2.0   # no real minimiser (or NaN): bisect
+    d2_square = d1**2 - g1 * g2
+    if not d2_square >= 0:
+        return (lo + hi) / 2.0  # no real minimiser (or NaN): bisect
     d2 = np.sqrt(d2_square)
-    if x1 <= x2: t = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
-    else: t = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
+    if x1 <= x2:
+        t = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
+    else:
+        t = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
     return min(max(t, lo), hi)
 
 # %% ../../nbs/12_beyond.ipynb #9fe3aa90
-_Trial = namedtuple("_Trial", "t f g gtd")  # one evaluation along d: step, loss, flat gradient, slope g.d
+_Trial = namedtuple(
+    "_Trial", "t f g gtd"
+)  # one evaluation along d: step, loss, flat gradient, slope g.d
+
 
 def _bracket(evaluate, start, first, f, gtd, c1, c2, max_ls):
     "Grow the step until it satisfies strong Wolfe (done) or an interval around such a step is found."
     prev, cur, ls_iter = start, first, 0
     while ls_iter < max_ls:
-        too_high = cur.f > f + c1 * cur.t * gtd or (ls_iter > 1 and cur.f >= prev.f)
-        if not too_high and abs(cur.gtd) <= -c2 * gtd: return [cur], True, ls_iter
-        if too_high or cur.gtd >= 0: return [prev, cur], False, ls_iter
+        too_high = cur.f > f + c1 * cur.t * gtd or (
+            ls_iter > 1 and cur.f >= prev.f
+        )
+        if not too_high and abs(cur.gtd) <= -c2 * gtd:
+            return [cur], True, ls_iter
+        if too_high or cur.gtd >= 0:
+            return [prev, cur], False, ls_iter
         # still going downhill: extrapolate, at least 1% further and at most 10 times as far
-        t = cubic_interpolate(prev.t, prev.f, prev.gtd, cur.t, cur.f, cur.gtd,
-                              bounds=(cur.t + 0.01 * (cur.t - prev.t), cur.t * 10))
+        t = cubic_interpolate(
+            prev.t,
+            prev.f,
+            prev.gtd,
+            cur.t,
+            cur.f,
+            cur.gtd,
+            bounds=(cur.t + 0.01 * (cur.t - prev.t), cur.t * 10),
+        )
         prev, cur = cur, evaluate(t)
         ls_iter += 1
-    return [start, cur], False, ls_iter   # out of evaluations
+    return [start, cur], False, ls_iter  # out of evaluations
 
-def _zoom(evaluate, bracket, done, ls_iter, f, gtd, d_norm, c1, c2, tolerance_change, max_ls):
+
+def _zoom(
+    evaluate,
+    bracket,
+    done,
+    ls_iter,
+    f,
+    gtd,
+    d_norm,
+    c1,
+    c2,
+    tolerance_change,
+    max_ls,
+):
     "Shrink the interval by cubic interpolation until a point satisfies strong Wolfe; return the best point."
     low, high = (0, 1) if bracket[0].f <= bracket[-1].f else (1, 0)
     insuf_progress = False
     while not done and ls_iter < max_ls:
         a, b = bracket[0].t, bracket[1].t
-        if abs(b - a) * d_norm < tolerance_change: break
-        t = cubic_interpolate(a, bracket[0].f, bracket[0].gtd, b, bracket[1].f, bracket[1].gtd)
+        if abs(b - a) * d_norm < tolerance_change:
+            break
+        t = cubic_interpolate(
+            a, bracket[0].f, bracket[0].gtd, b, bracket[1].f, bracket[1].gtd
+        )
         lo, hi = min(a, b), max(a, b)
         eps = 0.1 * (hi - lo)
-        if min(hi - t, t - lo) < eps:   # too close to an end: move it 10% inside if that happened twice
+        if (
+            min(hi - t, t - lo) < eps
+        ):  # too close to an end: move it 10% inside if that happened twice
             if insuf_progress or t >= hi or t <= lo:
                 t = hi - eps if abs(t - hi) < abs(t - lo) else lo + eps
                 insuf_progress = False
-            else: insuf_progress = True
-        else: insuf_progress = False
+            else:
+                insuf_progress = True
+        else:
+            insuf_progress = False
         cur = evaluate(t)
         ls_iter += 1
         if cur.f > f + c1 * t * gtd or cur.f >= bracket[low].f:
             bracket[high] = cur
             low, high = (0, 1) if bracket[0].f <= bracket[1].f else (1, 0)
         else:
-            if abs(cur.gtd) <= -c2 * gtd: done = True
-            elif cur.gtd * (bracket[high].t - bracket[low].t) >= 0: bracket[high] = bracket[low]
+            if abs(cur.gtd) <= -c2 * gtd:
+                done = True
+            elif cur.gtd * (bracket[high].t - bracket[low].t) >= 0:
+                bracket[high] = bracket[low]
             bracket[low] = cur
     return bracket[low]
 
-def strong_wolfe(obj_func, # `obj_func(t) -> (loss, flat_grad)` at $x + t\,d$
-                 t:float, # first step length to try
-                 d:np.ndarray, # search direction $d$ (flat)
-                 f:float, # loss at $t = 0$
-                 g:np.ndarray, # flat gradient at $t = 0$
-                 gtd:float, # slope at $t = 0$: $g \cdot d < 0$
-                 c1:float=1e-4, # sufficient decrease (Armijo) constant
-                 c2:float=0.9, # curvature constant
-                 tolerance_change:float=1e-9, # stop when the interval is this short (times $\max|d|$)
-                 max_ls:int=25, # most evaluations after the first
-                ):
+
+def strong_wolfe(
+    obj_func,  # `obj_func(t) -> (loss, flat_grad)` at $x + t\,d$
+    t: float,  # first step length to try
+    d: np.ndarray,  # search direction $d$ (flat)
+    f: float,  # loss at $t = 0$
+    g: np.ndarray,  # flat gradient at $t = 0$
+    gtd: float,  # slope at $t = 0$: $g \cdot d < 0$
+    c1: float = 1e-4,  # sufficient decrease (Armijo) constant
+    c2: float = 0.9,  # curvature constant
+    tolerance_change: float = 1e-9,  # stop when the interval is this short (times $\max|d|$)
+    max_ls: int = 25,  # most evaluations after the first
+):
     "Cubic-interpolation line search for a step satisfying the strong Wolfe conditions: `(loss, flat_grad, t, evaluations)`."
     evals = 0
+
     def evaluate(t):
         nonlocal evals
         f_t, g_t = obj_func(t)
         evals += 1
         return _Trial(t, f_t, g_t, g_t.dot(d))
+
     first = evaluate(t)
-    bracket, done, ls_iter = _bracket(evaluate, _Trial(0, f, g.copy(), gtd), first, f, gtd, c1, c2, max_ls)
-    best = _zoom(evaluate, bracket, done, ls_iter, f, gtd, np.abs(d).max(), c1, c2, tolerance_change, max_ls)
+    bracket, done, ls_iter = _bracket(
+        evaluate, _Trial(0, f, g.copy(), gtd), first, f, gtd, c1, c2, max_ls
+    )
+    best = _zoom(
+        evaluate,
+        bracket,
+        done,
+        ls_iter,
+        f,
+        gtd,
+        np.abs(d).max(),
+        c1,
+        c2,
+        tolerance_change,
+        max_ls,
+    )
     return best.f, best.g, best.t, evals
 
 # %% ../../nbs/12_beyond.ipynb #021161a5
 def _loss_value(loss) -> float:
     "The closure's loss as a float: a number, a 0-d array, or a one-element tensor (its `.data`)."
     data = getattr(loss, "data", None)
-    return float(data) if isinstance(data, np.ndarray) and data.size == 1 else float(loss)
+    return (
+        float(data)
+        if isinstance(data, np.ndarray) and data.size == 1
+        else float(loss)
+    )
+
 
 def _check_line_search_fn(line_search_fn):
     if line_search_fn not in (None, "strong_wolfe"):
-        raise ValueError(f"Invalid line_search_fn: {line_search_fn!r} (only 'strong_wolfe' or None is supported)")
+        raise ValueError(
+            f"Invalid line_search_fn: {line_search_fn!r} (only 'strong_wolfe' or None is supported)"
+        )
+
 
 class LBFGS(Optimizer):
     "L-BFGS with an optional strong Wolfe line search; `step(closure)` runs up to `max_iter` iterations."
-    def __init__(self, params, # an iterable of parameters (one group only)
-                 lr:float=1, # step length tried first (the fixed step without line search)
-                 max_iter:int=20, # most iterations per `step`
-                 max_eval:int|None=None, # most closure calls per `step`; `max_iter * 5 // 4` by default
-                 tolerance_grad:float=1e-7, # stop when $\max_i |g_i|$ is at most this
-                 tolerance_change:float=1e-9, # stop when the loss or the parameters change less than this
-                 history_size:int=100, # number of $(s, y)$ pairs kept
-                 line_search_fn:str|None=None, # `'strong_wolfe'` or None (fixed step `lr`)
-                ):
+
+    def __init__(
+        self,
+        params,  # an iterable of parameters (one group only)
+        lr: float = 1,  # step length tried first (the fixed step without line search)
+        max_iter: int = 20,  # most iterations per `step`
+        max_eval: int
+        | None = None,  # most closure calls per `step`; `max_iter * 5 // 4` by default
+        tolerance_grad: float = 1e-7,  # stop when $\max_i |g_i|$ is at most this
+        tolerance_change: float = 1e-9,  # stop when the loss or the parameters change less than this
+        history_size: int = 100,  # number of $(s, y)$ pairs kept
+        line_search_fn: str
+        | None = None,  # `'strong_wolfe'` or None (fixed step `lr`)
+    ):
         validate_lr(lr)
         _check_line_search_fn(line_search_fn)
-        if max_eval is None: max_eval = max_iter * 5 // 4
-        super().__init__(params, dict(lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,
-                                      tolerance_change=tolerance_change, history_size=history_size,
-                                      line_search_fn=line_search_fn))
+        if max_eval is None:
+            max_eval = max_iter * 5 // 4
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                max_iter=max_iter,
+                max_eval=max_eval,
+                tolerance_grad=tolerance_grad,
+                tolerance_change=tolerance_change,
+                history_size=history_size,
+                line_search_fn=line_search_fn,
+            ),
+        )
         if len(self.param_groups) != 1:
-            raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
+            raise ValueError(
+                "LBFGS doesn't support per-parameter options (parameter groups)"
+            )
         self._params = self.param_groups[0]["params"]
 
     def _flat_grad(self):
         "All gradients as one new vector (zeros for a parameter without one)."
-        return np.concatenate([np.zeros(p.data.size, p.data.dtype) if p.grad is None else p.grad.reshape(-1)
-                               for p in self._params])
+        return np.concatenate(
+            [
+                np.zeros(p.data.size, p.data.dtype)
+                if p.grad is None
+                else p.grad.reshape(-1)
+                for p in self._params
+            ]
+        )
 
     def _move(self, t, d):
         "x += t * d, parameter by parameter, in place."
         offset = 0
         for p in self._params:
-            p.data += t * d[offset:offset + p.data.size].reshape(p.data.shape)
+            p.data += t * d[offset : offset + p.data.size].reshape(
+                p.data.shape
+            )
             offset += p.data.size
 
     def _along(self, closure, d):
         "The function of the step length `t` that the line search evaluates: loss and gradient at x + t d."
+
         def obj_func(t):
             x = [p.data.copy() for p in self._params]
             self._move(t, d)
             loss = _loss_value(closure())
             flat_grad = self._flat_grad()
-            for p, xi in zip(self._params, x): np.copyto(p.data, xi)   # back to x: the search only looks
+            for p, xi in zip(self._params, x):
+                np.copyto(p.data, xi)  # back to x: the search only looks
             return loss, flat_grad
+
         return obj_func
 
     def step(self, closure=None):
         "Run up to `max_iter` iterations; `closure()` sets `.grad` and returns the loss. Returns its first loss."
         if closure is None or not callable(closure):
-            raise TypeError("LBFGS.step needs a closure: a function that sets .grad on the parameters and returns "
-                            f"the loss (it is called several times per step), but got {closure!r}")
+            raise TypeError(
+                "LBFGS.step needs a closure: a function that sets .grad on the parameters and returns "
+                f"the loss (it is called several times per step), but got {closure!r}"
+            )
         group = self.param_groups[0]
         _check_line_search_fn(group["line_search_fn"])
-        lr, max_iter, max_eval, history_size = group["lr"], group["max_iter"], group["max_eval"], group["history_size"]
-        tolerance_grad, tolerance_change = group["tolerance_grad"], group["tolerance_change"]
+        lr, max_iter, max_eval, history_size = (
+            group["lr"],
+            group["max_iter"],
+            group["max_eval"],
+            group["history_size"],
+        )
+        tolerance_grad, tolerance_change = (
+            group["tolerance_grad"],
+            group["tolerance_change"],
+        )
         # all state is global; like PyTorch, keep it on the first parameter so state_dict saves it
         state = self.state[self._params[0]]
         state.setdefault("func_evals", 0)
@@ -184,10 +293,22 @@ class LBFGS(Optimizer):
         loss, current_evals = _loss_value(orig_loss), 1
         state["func_evals"] += 1
         flat_grad = self._flat_grad()
-        if np.abs(flat_grad).max() <= tolerance_grad: return orig_loss
+        if np.abs(flat_grad).max() <= tolerance_grad:
+            return orig_loss
 
-        d, t, old_dirs, old_stps, ro, H_diag, prev_flat_grad, prev_loss = (state.get(k) for k in
-            ("d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad", "prev_loss"))
+        d, t, old_dirs, old_stps, ro, H_diag, prev_flat_grad, prev_loss = (
+            state.get(k)
+            for k in (
+                "d",
+                "t",
+                "old_dirs",
+                "old_stps",
+                "ro",
+                "H_diag",
+                "prev_flat_grad",
+                "prev_loss",
+            )
+        )
         n_iter = 0
         while n_iter < max_iter:
             n_iter += 1
@@ -198,29 +319,52 @@ class LBFGS(Optimizer):
             else:
                 y, s = flat_grad - prev_flat_grad, d * t
                 ys = y.dot(s)
-                if ys > 1e-10:   # keep the pair only if the curvature is positive
+                if (
+                    ys > 1e-10
+                ):  # keep the pair only if the curvature is positive
                     if len(old_dirs) == history_size:
-                        old_dirs.pop(0); old_stps.pop(0); ro.pop(0)
-                    old_dirs.append(y); old_stps.append(s); ro.append(1.0 / ys)
+                        old_dirs.pop(0)
+                        old_stps.pop(0)
+                        ro.pop(0)
+                    old_dirs.append(y)
+                    old_stps.append(s)
+                    ro.append(1.0 / ys)
                     H_diag = ys / y.dot(y)
-                if "al" not in state: state["al"] = [None] * history_size
-                d = lbfgs_direction(flat_grad, old_dirs, old_stps, ro, H_diag, state["al"])
+                if "al" not in state:
+                    state["al"] = [None] * history_size
+                d = lbfgs_direction(
+                    flat_grad, old_dirs, old_stps, ro, H_diag, state["al"]
+                )
             prev_flat_grad, prev_loss = flat_grad.copy(), loss
 
             # step length: a cautious first step, then lr
-            t = min(1.0, 1.0 / np.abs(flat_grad).sum()) * lr if state["n_iter"] == 1 else lr
+            t = (
+                min(1.0, 1.0 / np.abs(flat_grad).sum()) * lr
+                if state["n_iter"] == 1
+                else lr
+            )
             gtd = flat_grad.dot(d)
-            if gtd > -tolerance_change: break   # not a descent direction any more
+            if gtd > -tolerance_change:
+                break  # not a descent direction any more
 
             ls_func_evals = 0
             if group["line_search_fn"] == "strong_wolfe":
                 loss, flat_grad, t, ls_func_evals = strong_wolfe(
-                    self._along(closure, d), t, d, loss, flat_grad, gtd, max_ls=max_eval - current_evals)
+                    self._along(closure, d),
+                    t,
+                    d,
+                    loss,
+                    flat_grad,
+                    gtd,
+                    max_ls=max_eval - current_evals,
+                )
                 self._move(t, d)
                 opt_cond = np.abs(flat_grad).max() <= tolerance_grad
             else:
                 self._move(t, d)
-                if n_iter != max_iter:   # the last iteration's loss would be thrown away
+                if (
+                    n_iter != max_iter
+                ):  # the last iteration's loss would be thrown away
                     loss = _loss_value(closure())
                     flat_grad = self._flat_grad()
                     opt_cond = np.abs(flat_grad).max() <= tolerance_grad
@@ -228,10 +372,21 @@ class LBFGS(Optimizer):
             current_evals += ls_func_evals
             state["func_evals"] += ls_func_evals
 
-            if n_iter == max_iter or current_evals >= max_eval or opt_cond: break
-            if np.abs(d * t).max() <= tolerance_change: break   # the parameters stopped moving
-            if abs(loss - prev_loss) < tolerance_change: break  # the loss stopped moving
+            if n_iter == max_iter or current_evals >= max_eval or opt_cond:
+                break
+            if np.abs(d * t).max() <= tolerance_change:
+                break  # the parameters stopped moving
+            if abs(loss - prev_loss) < tolerance_change:
+                break  # the loss stopped moving
 
-        state.update(d=d, t=t, old_dirs=old_dirs, old_stps=old_stps, ro=ro, H_diag=H_diag,
-                     prev_flat_grad=prev_flat_grad, prev_loss=prev_loss)
+        state.update(
+            d=d,
+            t=t,
+            old_dirs=old_dirs,
+            old_stps=old_stps,
+            ro=ro,
+            H_diag=H_diag,
+            prev_flat_grad=prev_flat_grad,
+            prev_loss=prev_loss,
+        )
         return orig_loss

@@ -12,16 +12,18 @@ from .optimizer import Optimizer, elementwise, validate_fused
 __all__ = ['LionConstants', 'sgn', 'lion_rule', 'lion_constants', 'lion', 'Lion']
 
 # %% ../../nbs/15_lion.ipynb #6a163274
-def sgn(x, # a number or an array
-        one, # 1 in the dtype of `x`
-       ):
+def sgn(
+    x,  # a number or an array
+    one,  # 1 in the dtype of `x`
+):
     "torch's `sgn` of real numbers: 1, -1, or 0 (for zeros and for NaN)."
     return (x > 0) * one - (x < 0) * one
 
 # %% ../../nbs/15_lion.ipynb #17f336bb
 def lion_rule(c, param, grad, exp_avg):
     "One step of Lion on numbers or arrays, in lion-pytorch's order of operations."
-    if c.decays: param *= c.decay
+    if c.decays:
+        param *= c.decay
     update = sgn(exp_avg * c.beta1 + grad * c.one_minus_beta1, c.one)
     param -= update * c.lr
     exp_avg *= c.beta2
@@ -29,36 +31,67 @@ def lion_rule(c, param, grad, exp_avg):
     return param, exp_avg
 
 # %% ../../nbs/15_lion.ipynb #2c13f1cc
-LionConstants = namedtuple('LionConstants', [
-    'decays', 'decay', 'beta1', 'one_minus_beta1', 'one', 'lr',
-    'beta2', 'one_minus_beta2'])
+LionConstants = namedtuple(
+    "LionConstants",
+    [
+        "decays",
+        "decay",
+        "beta1",
+        "one_minus_beta1",
+        "one",
+        "lr",
+        "beta2",
+        "one_minus_beta2",
+    ],
+)
 
-def lion_constants(*, lr:float, beta1:float, beta2:float, weight_decay:float,
-                   decoupled_weight_decay:bool=False, init_lr:float|None=None,
-                  ) -> LionConstants:
+
+def lion_constants(
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool = False,
+    init_lr: float | None = None,
+) -> LionConstants:
     "This step's numbers; Lion has no step counter and no bias correction."
     if decoupled_weight_decay:
         weight_decay = weight_decay / (lr if init_lr is None else init_lr)
     return LionConstants(
-        weight_decay != 0, 1 - lr * weight_decay, beta1, 1 - beta1, 1.0, lr,
-        beta2, 1 - beta2)
+        weight_decay != 0,
+        1 - lr * weight_decay,
+        beta1,
+        1 - beta1,
+        1.0,
+        lr,
+        beta2,
+        1 - beta2,
+    )
 
-def lion(params:list, # parameter arrays, updated in place
-         grads:list, # their gradients (not modified)
-         exp_avgs:list, # momenta m, updated in place
-         *,
-         lr:float, # learning rate: every coordinate moves by lr
-         beta1:float, # weight of m in the interpolation that gets the sign
-         beta2:float, # decay rate of m
-         weight_decay:float, # decay: theta *= 1 - lr * weight_decay
-         decoupled_weight_decay:bool=False, # divide weight_decay by init_lr
-         init_lr:float|None=None, # the constructor's lr (None: lr)
-         apply=elementwise, # how the rule meets the arrays (chapter 3)
-        ):
+
+def lion(
+    params: list,  # parameter arrays, updated in place
+    grads: list,  # their gradients (not modified)
+    exp_avgs: list,  # momenta m, updated in place
+    *,
+    lr: float,  # learning rate: every coordinate moves by lr
+    beta1: float,  # weight of m in the interpolation that gets the sign
+    beta2: float,  # decay rate of m
+    weight_decay: float,  # decay: theta *= 1 - lr * weight_decay
+    decoupled_weight_decay: bool = False,  # divide weight_decay by init_lr
+    init_lr: float | None = None,  # the constructor's lr (None: lr)
+    apply=elementwise,  # how the rule meets the arrays (chapter 3)
+):
     "Lion on lists of arrays: one set of constants, then the rule per tensor."
-    c = lion_constants(lr=lr, beta1=beta1, beta2=beta2,
-                       weight_decay=weight_decay, init_lr=init_lr,
-                       decoupled_weight_decay=decoupled_weight_decay)
+    c = lion_constants(
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=weight_decay,
+        init_lr=init_lr,
+        decoupled_weight_decay=decoupled_weight_decay,
+    )
     for param, grad, exp_avg in zip(params, grads, exp_avgs):
         apply(lion_rule, c, param, grad, exp_avg)
 
@@ -66,53 +99,76 @@ def lion(params:list, # parameter arrays, updated in place
 def _validate_lion(lr, betas, weight_decay, use_triton):
     "lion-pytorch's checks (its asserts, with a message), then those it lacks."
     if not lr > 0:
-        raise AssertionError(f"Invalid learning rate: {lr} (Lion needs lr > 0)")
+        raise AssertionError(
+            f"Invalid learning rate: {lr} (Lion needs lr > 0)"
+        )
     for i, beta in enumerate(betas):
         if not 0 <= beta <= 1:
-            raise AssertionError(f"Invalid beta parameter at index {i}: {beta}")
+            raise AssertionError(
+                f"Invalid beta parameter at index {i}: {beta}"
+            )
     if len(betas) != 2:
         raise ValueError(f"betas must hold two numbers, got {betas!r}")
     if not 0 <= weight_decay:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
     if use_triton:
-        raise ValueError("use_triton=True needs triton and a CUDA GPU; minima "
-                         "runs on NumPy (fused=True compiles the rule instead)")
+        raise ValueError(
+            "use_triton=True needs triton and a CUDA GPU; minima "
+            "runs on NumPy (fused=True compiles the rule instead)"
+        )
+
 
 class Lion(Optimizer):
     "Lion (Chen et al., 2023) as lion-pytorch's: the sign of momentum and gradient."
-    def __init__(self,
-                 params, # parameters, or dicts defining parameter groups
-                 lr:float=1e-4, # the step of every coordinate
-                 betas:tuple=(0.9, 0.99), # weight of m in the sign; decay of m
-                 weight_decay:float=0.0, # decay per step: lr * weight_decay
-                 use_triton:bool=False, # a CUDA kernel: refused, no GPU
-                 decoupled_weight_decay:bool=False, # decay lr / lr_0 * wd
-                 *,
-                 foreach:bool|None=None, # flat buffers: None when large
-                 fused:bool|None=None, # compiled loops (needs numba)
-                ):
+
+    def __init__(
+        self,
+        params,  # parameters, or dicts defining parameter groups
+        lr: float = 1e-4,  # the step of every coordinate
+        betas: tuple = (0.9, 0.99),  # weight of m in the sign; decay of m
+        weight_decay: float = 0.0,  # decay per step: lr * weight_decay
+        use_triton: bool = False,  # a CUDA kernel: refused, no GPU
+        decoupled_weight_decay: bool = False,  # decay lr / lr_0 * wd
+        *,
+        foreach: bool | None = None,  # flat buffers: None when large
+        fused: bool | None = None,  # compiled loops (needs numba)
+    ):
         betas = tuple(betas)
         _validate_lion(lr, betas, weight_decay, use_triton)
         self._init_lr, self.decoupled_wd = lr, decoupled_weight_decay
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay,
-                        foreach=foreach, fused=fused)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            fused=fused,
+        )
         super().__init__(params, defaults)
         validate_fused(foreach, fused)
 
     def _state_keys(self, group):
         "The state arrays shaped like a parameter: the momentum."
-        return ('exp_avg',)
+        return ("exp_avg",)
 
     def _group_state(self, p, group):
         "The state of `p`: zeros for `exp_avg` at its first step, no counter."
         state = self.state[p]
-        if not state: state['exp_avg'] = np.zeros_like(p.data)
+        if not state:
+            state["exp_avg"] = np.zeros_like(p.data)
         return state
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `lion` on a whole group, or on the pieces of its flat buffer."
-        beta1, beta2 = group['betas']
-        lion(params, grads, [s['exp_avg'] for s in states], lr=group['lr'],
-             beta1=beta1, beta2=beta2, weight_decay=group['weight_decay'],
-             decoupled_weight_decay=self.decoupled_wd, init_lr=self._init_lr,
-             apply=apply)
+        beta1, beta2 = group["betas"]
+        lion(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            decoupled_weight_decay=self.decoupled_wd,
+            init_lr=self._init_lr,
+            apply=apply,
+        )

@@ -19,19 +19,24 @@ def lookahead_rule(c, fast, slow):
     return (fast,)
 
 # %% ../../nbs/15d_lookahead.ipynb #401ecd58
-LookaheadConstants = namedtuple('LookaheadConstants', ['weight', 'one'])
+LookaheadConstants = namedtuple("LookaheadConstants", ["weight", "one"])
 
-def lookahead_constants(*, alpha:float, # how far the slow weights move
-                       ) -> LookaheadConstants:
+
+def lookahead_constants(
+    *,
+    alpha: float,  # how far the slow weights move
+) -> LookaheadConstants:
     "The weight of the pull back, `1 - alpha`, and the number 1 for `lerp`."
     return LookaheadConstants(1.0 - alpha, 1.0)
 
-def lookahead(fast:list, # fast weights (or momentum buffers), updated in place
-              slow:list, # their slow copies, updated in place
-              *,
-              alpha:float, # how far the slow weights move
-              apply=elementwise, # how the rule meets the arrays (chapter 3)
-             ):
+
+def lookahead(
+    fast: list,  # fast weights (or momentum buffers), updated in place
+    slow: list,  # their slow copies, updated in place
+    *,
+    alpha: float,  # how far the slow weights move
+    apply=elementwise,  # how the rule meets the arrays (chapter 3)
+):
     "One synchronisation on lists of arrays: both copies become the new point."
     c = lookahead_constants(alpha=alpha)
     for fast_i, slow_i in zip(fast, slow):
@@ -40,49 +45,69 @@ def lookahead(fast:list, # fast weights (or momentum buffers), updated in place
 
 # %% ../../nbs/15d_lookahead.ipynb #7bfe8905
 def _validate_positive(x, name):
-    if x <= 0: raise ValueError(f'{name} must be positive')
+    if x <= 0:
+        raise ValueError(f"{name} must be positive")
+
 
 def _validate_range(x, name, low, high):
     if not low <= x < high:
-        raise ValueError(f'{name} must be in the range [{low}, {high})')
+        raise ValueError(f"{name} must be in the range [{low}, {high})")
+
 
 def _validate_options(x, name, options):
     if x not in options:
-        choices = ' or '.join(f"'{option}'" for option in options)
-        raise ValueError(f'{name} {x} must be one of ({choices})')
+        choices = " or ".join(f"'{option}'" for option in options)
+        raise ValueError(f"{name} {x} must be one of ({choices})")
+
 
 def _load_optimizer(optimizer, **kwargs):
     "`optimizer`, or the class `optimizer` built with `params` and `kwargs`."
-    if isinstance(optimizer, Optimizer): return optimizer
-    if 'params' in kwargs:
-        params = kwargs.pop('params')
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if "params" in kwargs:
+        params = kwargs.pop("params")
         return optimizer(params, **kwargs)
-    raise ValueError('need to pass `params` when you pass the '
-                     '`torch.optim.Optimizer` instance.')
+    raise ValueError(
+        "need to pass `params` when you pass the "
+        "`torch.optim.Optimizer` instance."
+    )
 
 # %% ../../nbs/15d_lookahead.ipynb #c73a47fb
 class Lookahead(Optimizer):
     "Lookahead (Zhang et al., 2019) around any optimizer: pytorch-optimizer's."
-    def __init__(self,
-                 optimizer, # an optimizer, or a class (then pass `params=`)
-                 k:int=5, # steps of the optimizer between synchronisations
-                 alpha:float=0.5, # how far the slow weights move, in [0, 1)
-                 pullback_momentum:str='none', # or 'reset', 'pullback'
-                 **kwargs, # `params` and the arguments of an optimizer class
-                ):
-        _validate_positive(k, 'k')
-        _validate_range(alpha, 'alpha', 0.0, 1.0)
-        _validate_options(pullback_momentum, 'pullback_momentum',
-                          ['none', 'reset', 'pullback'])
+
+    def __init__(
+        self,
+        optimizer,  # an optimizer, or a class (then pass `params=`)
+        k: int = 5,  # steps of the optimizer between synchronisations
+        alpha: float = 0.5,  # how far the slow weights move, in [0, 1)
+        pullback_momentum: str = "none",  # or 'reset', 'pullback'
+        **kwargs,  # `params` and the arguments of an optimizer class
+    ):
+        _validate_positive(k, "k")
+        _validate_range(alpha, "alpha", 0.0, 1.0)
+        _validate_options(
+            pullback_momentum,
+            "pullback_momentum",
+            ["none", "reset", "pullback"],
+        )
         self.optimizer = _load_optimizer(optimizer, **kwargs)
-        self._step_pre_hooks = OrderedDict()   # the base class's hooks
+        self._step_pre_hooks = OrderedDict()  # the base class's hooks
         self._step_post_hooks, self._in_step = OrderedDict(), False
-        self.alpha, self.k, self.pullback_momentum = alpha, k, pullback_momentum
-        self.state = defaultdict(dict)   # parameter -> its slow copies
-        for group in self.param_groups: self._init_group(group)
-        self.defaults = {'lookahead_alpha': alpha, 'lookahead_k': k,
-                         'lookahead_pullback_momentum': pullback_momentum,
-                         **self.optimizer.defaults}
+        self.alpha, self.k, self.pullback_momentum = (
+            alpha,
+            k,
+            pullback_momentum,
+        )
+        self.state = defaultdict(dict)  # parameter -> its slow copies
+        for group in self.param_groups:
+            self._init_group(group)
+        self.defaults = {
+            "lookahead_alpha": alpha,
+            "lookahead_k": k,
+            "lookahead_pullback_momentum": pullback_momentum,
+            **self.optimizer.defaults,
+        }
 
     @property
     def param_groups(self) -> list:
@@ -91,20 +116,20 @@ class Lookahead(Optimizer):
 
     def _init_group(self, group):
         "A step counter for `group` and slow copies of its parameters."
-        group.setdefault('counter', 0)
-        for p in group['params']:
+        group.setdefault("counter", 0)
+        for p in group["params"]:
             state = self.state[p]
-            if 'slow_params' not in state:
-                state['slow_params'] = p.data.copy()
-                if self.pullback_momentum == 'pullback':
-                    state['slow_momentum'] = np.zeros_like(p.data)
+            if "slow_params" not in state:
+                state["slow_params"] = p.data.copy()
+                if self.pullback_momentum == "pullback":
+                    state["slow_momentum"] = np.zeros_like(p.data)
 
-    def add_param_group(self, param_group:dict):
+    def add_param_group(self, param_group: dict):
         "Add a group to the wrapped optimizer, with its slow copies."
         self.optimizer.add_param_group(param_group)
         self._init_group(self.param_groups[-1])
 
-    def zero_grad(self, set_to_none:bool=True):
+    def zero_grad(self, set_to_none: bool = True):
         "The wrapped optimizer's `zero_grad`."
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
@@ -112,63 +137,91 @@ class Lookahead(Optimizer):
         "A step of the wrapped optimizer; each group's `k`-th synchronises."
         loss = self.optimizer.step(closure)
         for group in self.param_groups:
-            if 'counter' not in group: self._init_group(group)  # added to it
-            group['counter'] += 1
-            if group['counter'] >= self.k:
-                group['counter'] = 0
+            if "counter" not in group:
+                self._init_group(group)  # added to it
+            group["counter"] += 1
+            if group["counter"] >= self.k:
+                group["counter"] = 0
                 self._synchronize(group)
         return loss
 
     def _synchronize(self, group):
         "Pull the parameters with a gradient (and their momentum) back."
-        params = [p for p in group['params'] if p.grad is not None]
-        slow = [self.state[p]['slow_params'] for p in params]
+        params = [p for p in group["params"] if p.grad is not None]
+        slow = [self.state[p]["slow_params"] for p in params]
         lookahead([p.data for p in params], slow, alpha=self.alpha)
-        if self.pullback_momentum == 'none': return
-        inner = self.optimizer.state   # .get: reading would create state
-        params = [p for p in params if isinstance(
-            inner.get(p, {}).get('momentum_buffer'), np.ndarray)]
-        buffers = [inner[p]['momentum_buffer'] for p in params]
-        if self.pullback_momentum == 'reset':
-            for buffer in buffers: buffer[...] = 0
+        if self.pullback_momentum == "none":
+            return
+        inner = self.optimizer.state  # .get: reading would create state
+        params = [
+            p
+            for p in params
+            if isinstance(inner.get(p, {}).get("momentum_buffer"), np.ndarray)
+        ]
+        buffers = [inner[p]["momentum_buffer"] for p in params]
+        if self.pullback_momentum == "reset":
+            for buffer in buffers:
+                buffer[...] = 0
         else:
-            lookahead(buffers, [self.state[p]['slow_momentum'] for p in params],
-                      alpha=self.alpha)
+            lookahead(
+                buffers,
+                [self.state[p]["slow_momentum"] for p in params],
+                alpha=self.alpha,
+            )
 
     def _parameters(self):
-        return [p for group in self.param_groups for p in group['params']]
+        return [p for group in self.param_groups for p in group["params"]]
 
     def backup_and_load_cache(self):
         "Keep the fast weights aside and put the slow ones in the parameters."
         for p in self._parameters():
-            self.state[p]['backup_params'] = p.data.copy()
-            p.data[...] = self.state[p]['slow_params']
+            self.state[p]["backup_params"] = p.data.copy()
+            p.data[...] = self.state[p]["slow_params"]
 
     def clear_and_load_backup(self):
         "Put the fast weights kept by `backup_and_load_cache` back."
         for p in self._parameters():
-            p.data[...] = self.state[p].pop('backup_params')
+            p.data[...] = self.state[p].pop("backup_params")
 
     def state_dict(self) -> dict:
         "Slow copies by (group, index), and the wrapped optimizer's state."
-        slow = {(i, j): copy.deepcopy(dict(self.state[p]))
-                for i, group in enumerate(self.param_groups)
-                for j, p in enumerate(group['params']) if p in self.state}
-        return {'lookahead_state': slow,
-                'base_optimizer': self.optimizer.state_dict()}
+        slow = {
+            (i, j): copy.deepcopy(dict(self.state[p]))
+            for i, group in enumerate(self.param_groups)
+            for j, p in enumerate(group["params"])
+            if p in self.state
+        }
+        return {
+            "lookahead_state": slow,
+            "base_optimizer": self.optimizer.state_dict(),
+        }
 
-    def load_state_dict(self, state_dict:dict):
+    def load_state_dict(self, state_dict: dict):
         "Load what `state_dict()` saved, refusing a state for other parameters."
-        saved = state_dict['lookahead_state']
-        restored = {p: saved[i, j] for i, group in enumerate(self.param_groups)
-                    for j, p in enumerate(group['params']) if (i, j) in saved}
-        if len(restored) != len(saved) or len(saved) != len(self._parameters()):
+        saved = state_dict["lookahead_state"]
+        restored = {
+            p: saved[i, j]
+            for i, group in enumerate(self.param_groups)
+            for j, p in enumerate(group["params"])
+            if (i, j) in saved
+        }
+        if len(restored) != len(saved) or len(saved) != len(
+            self._parameters()
+        ):
             raise ValueError(
-                'lookahead state does not match the current parameters')
-        self.optimizer.load_state_dict(state_dict['base_optimizer'])
+                "lookahead state does not match the current parameters"
+            )
+        self.optimizer.load_state_dict(state_dict["base_optimizer"])
+
         def own(v, p):
-            if isinstance(v, np.ndarray): return v.astype(p.data.dtype)  # copy
+            if isinstance(v, np.ndarray):
+                return v.astype(p.data.dtype)  # copy
             return copy.deepcopy(v)
-        self.state = defaultdict(dict, {
-            p: {key: own(v, p) for key, v in s.items()}
-            for p, s in restored.items()})
+
+        self.state = defaultdict(
+            dict,
+            {
+                p: {key: own(v, p) for key, v in s.items()}
+                for p, s in restored.items()
+            },
+        )

@@ -21,83 +21,113 @@ EPOCH_DEPRECATION_WARNING = (
     "scheduler. During the deprecation, if epoch is different from None, the "
     "closed form is used instead of the new chainable form, where available. "
     "Please open an issue if you are unable to replicate your use case: "
-    "https://github.com/pytorch/pytorch/issues/new/choose.")
+    "https://github.com/pytorch/pytorch/issues/new/choose."
+)
+
 
 def _check_optimizer(optimizer):
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
 
-_SAME_LENGTH = ("{name} must have the same length as optimizer.param_groups. "
-                "{name} has {got} values, param_groups has {n}.")
+
+_SAME_LENGTH = (
+    "{name} must have the same length as optimizer.param_groups. "
+    "{name} has {got} values, param_groups has {n}."
+)
+
 
 def _per_group(optimizer, value, name, mismatch=_SAME_LENGTH):
     """`value` once per group: a list or tuple must hold one entry per group
     (else `mismatch`, formatted with `name`, `got` and `n`, is raised);
     anything else is repeated."""
     n = len(optimizer.param_groups)
-    if not isinstance(value, (list, tuple)): return [value] * n
+    if not isinstance(value, (list, tuple)):
+        return [value] * n
     if len(value) != n:
         raise ValueError(mismatch.format(name=name, got=len(value), n=n))
     return list(value)
+
 
 def _group_values(optimizer, key):
     "A fresh list of `group[key]`, one per group (callers cannot alias them)."
     return [group[key] for group in optimizer.param_groups]
 
+
 def _set_group_values(optimizer, key, values):
     for group, value in zip(optimizer.param_groups, values, strict=True):
         group[key] = value
 
+
 def _set_momentum(group, value, use_beta1):
     "Write the cycled momentum into `momentum` (`betas[0]` for Adam-likes)."
-    if use_beta1: group["betas"] = (value, *group["betas"][1:])
-    else: group["momentum"] = value
+    if use_beta1:
+        group["betas"] = (value, *group["betas"][1:])
+    else:
+        group["momentum"] = value
 
 # %% ../../nbs/10_lr_scheduler.ipynb #8da22268
 def _track_optimizer_steps(optimizer):
     "Wrap `optimizer.step` (once per optimizer) so it records that it ran, as torch does."
-    if hasattr(optimizer.step, "_wrapped_by_lr_sched"): return
+    if hasattr(optimizer.step, "_wrapped_by_lr_sched"):
+        return
     unbound, owner = optimizer.step.__func__, weakref.ref(optimizer)
+
     @wraps(unbound)
     def step(*args, **kwargs):
         opt = owner()
         opt._opt_called = True
         return unbound(opt, *args, **kwargs)
+
     step._wrapped_by_lr_sched = True
     optimizer.step = step
+
 
 def _warn_step_order(scheduler):
     "Warn once, at the first explicit step, when the optimizer has not stepped yet (torch issue 20124)."
     if not hasattr(scheduler.optimizer.step, "_wrapped_by_lr_sched"):
-        warnings.warn("Seems like `optimizer.step()` has been overridden after learning rate scheduler "
-                      "initialization. Please, make sure to call `optimizer.step()` before "
-                      "`lr_scheduler.step()`. See more details at "
-                      "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate", UserWarning, stacklevel=3)
+        warnings.warn(
+            "Seems like `optimizer.step()` has been overridden after learning rate scheduler "
+            "initialization. Please, make sure to call `optimizer.step()` before "
+            "`lr_scheduler.step()`. See more details at "
+            "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate",
+            UserWarning,
+            stacklevel=3,
+        )
     elif not getattr(scheduler.optimizer, "_opt_called", False):
-        warnings.warn("Detected call of `lr_scheduler.step()` before `optimizer.step()`. In PyTorch 1.1.0 and "
-                      "later, you should call them in the opposite order: `optimizer.step()` before "
-                      "`lr_scheduler.step()`.  Failure to do this will result in PyTorch skipping the first value "
-                      "of the learning rate schedule. See more details at "
-                      "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate", UserWarning, stacklevel=3)
+        warnings.warn(
+            "Detected call of `lr_scheduler.step()` before `optimizer.step()`. In PyTorch 1.1.0 and "
+            "later, you should call them in the opposite order: `optimizer.step()` before "
+            "`lr_scheduler.step()`.  Failure to do this will result in PyTorch skipping the first value "
+            "of the learning rate schedule. See more details at "
+            "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate",
+            UserWarning,
+            stacklevel=3,
+        )
+
 
 def _warn_if_outside_step(scheduler):
     if not scheduler._get_lr_called_within_step:
-        warnings.warn("To get the last learning rate computed by the scheduler, please use `get_last_lr()`.",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            "To get the last learning rate computed by the scheduler, please use `get_last_lr()`.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 # %% ../../nbs/10_lr_scheduler.ipynb #4fbac1fb
 class LRScheduler:
     "Base class of the schedulers: each `step()` sets the groups' `lr`."
+
     _get_lr_called_within_step = False
     _is_initial = False
     # attribute -> (save, restore) of one item, for what cannot be saved as
     # it is; a list is saved item by item, after the other attributes
     _saved_apart = {}
 
-    def __init__(self,
-                 optimizer, # the optimizer whose groups' `lr` it sets
-                 last_epoch:int=-1, # last step taken: -1 starts afresh, k resumes
-                ):
+    def __init__(
+        self,
+        optimizer,  # the optimizer whose groups' `lr` it sets
+        last_epoch: int = -1,  # last step taken: -1 starts afresh, k resumes
+    ):
         _check_optimizer(optimizer)
         self.optimizer = optimizer
         self._start(last_epoch)
@@ -107,7 +137,8 @@ class LRScheduler:
         that read it first, `CyclicLR` and `OneCycleLR`, call this)."""
         groups = self.optimizer.param_groups
         if last_epoch == -1:
-            for group in groups: group.setdefault("initial_lr", group["lr"])
+            for group in groups:
+                group.setdefault("initial_lr", group["lr"])
         else:
             for i, group in enumerate(groups):
                 if "initial_lr" not in group:
@@ -118,7 +149,8 @@ class LRScheduler:
                         "1. You're trying to resume training from a "
                         "checkpoint but haven't properly loaded the "
                         "optimizer state\n2. You're using last_epoch >= 0 "
-                        "for a fresh training run (not recommended)")
+                        "for a fresh training run (not recommended)"
+                    )
         self.base_lrs = _group_values(self.optimizer, "initial_lr")
         self.last_epoch = last_epoch
         _track_optimizer_steps(self.optimizer)
@@ -128,8 +160,10 @@ class LRScheduler:
         "The step every scheduler takes when built: it sets the lr of step 0."
         self._step_count = 0
         self._is_initial = True
-        try: self.step()
-        finally: self._is_initial = False
+        try:
+            self.step()
+        finally:
+            self._is_initial = False
 
     def get_lr(self):
         "The lr of every group at step `last_epoch`; subclasses define it."
@@ -139,11 +173,13 @@ class LRScheduler:
         "The lr of every group as the last `step()` left it."
         return self._last_lr
 
-    def step(self,
-             epoch=None, # deprecated: jump to this step (closed form if any)
-            ):
+    def step(
+        self,
+        epoch=None,  # deprecated: jump to this step (closed form if any)
+    ):
         "Advance one step (after `optimizer.step()`); write the new lrs."
-        if self._step_count == 1: _warn_step_order(self)
+        if self._step_count == 1:
+            _warn_step_order(self)
         self._step_count += 1
         if epoch is not None:
             warnings.warn(EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
@@ -160,41 +196,53 @@ class LRScheduler:
                 self.last_epoch = epoch
                 closed_form = getattr(self, "_get_closed_form_lr", self.get_lr)
                 lrs = closed_form()
-        finally: self._get_lr_called_within_step = False
+        finally:
+            self._get_lr_called_within_step = False
         _set_group_values(self.optimizer, "lr", lrs)
         self._last_lr = _group_values(self.optimizer, "lr")
 
     def state_dict(self):
         """Everything the scheduler holds except the optimizer; the
         attributes in `_saved_apart` come last, as their `save` gives them."""
-        state = {k: v for k, v in self.__dict__.items()
-                 if k != "optimizer" and k not in self._saved_apart}
+        state = {
+            k: v
+            for k, v in self.__dict__.items()
+            if k != "optimizer" and k not in self._saved_apart
+        }
         for key, (save, _) in self._saved_apart.items():
             value = getattr(self, key)
             many = isinstance(value, (list, tuple))
             state[key] = [save(v) for v in value] if many else save(value)
         return state
 
-    def load_state_dict(self,
-                        state_dict:dict, # a dict returned by `state_dict()`
-                       ):
+    def load_state_dict(
+        self,
+        state_dict: dict,  # a dict returned by `state_dict()`
+    ):
         "Restore the state saved by `state_dict()`."
-        self.__dict__.update({k: v for k, v in state_dict.items()
-                              if k not in self._saved_apart})
+        self.__dict__.update(
+            {k: v for k, v in state_dict.items() if k not in self._saved_apart}
+        )
         for key, (_, restore) in self._saved_apart.items():
             value, saved = getattr(self, key), state_dict[key]
-            if not isinstance(value, (list, tuple)): restore(value, saved)
+            if not isinstance(value, (list, tuple)):
+                restore(value, saved)
             else:
-                for v, s in zip(value, saved): restore(v, s)
+                for v, s in zip(value, saved):
+                    restore(v, s)
 
 # %% ../../nbs/10_lr_scheduler.ipynb #f51a40a3
 def _callable_state(fn):
     "What can be saved of a callable: an object's attributes, not a function."
-    if fn is None or isinstance(fn, types.FunctionType): return None
+    if fn is None or isinstance(fn, types.FunctionType):
+        return None
     return fn.__dict__.copy()
 
+
 def _restore_callable(fn, saved):
-    if saved is not None: fn.__dict__.update(saved)
+    if saved is not None:
+        fn.__dict__.update(saved)
+
 
 _AS_CALLABLE = (_callable_state, _restore_callable)  # a `_saved_apart` entry
 _LAMBDAS_MISMATCH = "Expected {n} lr_lambdas, but got {got}"
@@ -202,263 +250,382 @@ _LAMBDAS_MISMATCH = "Expected {n} lr_lambdas, but got {got}"
 # %% ../../nbs/10_lr_scheduler.ipynb #85215da8
 class LambdaLR(LRScheduler):
     "lr = initial lr * `lr_lambda(step)`."
+
     _saved_apart = {"lr_lambdas": _AS_CALLABLE}
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 lr_lambda, # factor as a function of the step, or one per group
-                 last_epoch:int=-1, # index of the last step; -1 starts afresh
-                ):
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        lr_lambda,  # factor as a function of the step, or one per group
+        last_epoch: int = -1,  # index of the last step; -1 starts afresh
+    ):
         self.optimizer = optimizer
-        self.lr_lambdas = _per_group(optimizer, lr_lambda, "lr_lambda",
-                                     _LAMBDAS_MISMATCH)
+        self.lr_lambdas = _per_group(
+            optimizer, lr_lambda, "lr_lambda", _LAMBDAS_MISMATCH
+        )
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         _warn_if_outside_step(self)
-        return [base_lr * fn(self.last_epoch)
-                for fn, base_lr in zip(self.lr_lambdas, self.base_lrs,
-                                       strict=True)]
+        return [
+            base_lr * fn(self.last_epoch)
+            for fn, base_lr in zip(self.lr_lambdas, self.base_lrs, strict=True)
+        ]
 
 # %% ../../nbs/10_lr_scheduler.ipynb #5106466c
 class MultiplicativeLR(LRScheduler):
     "lr = previous lr * `lr_lambda(step)`."
+
     _saved_apart = {"lr_lambdas": _AS_CALLABLE}
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 lr_lambda, # factor as a function of the step, or one per group
-                 last_epoch:int=-1, # index of the last step; -1 starts afresh
-                ):
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        lr_lambda,  # factor as a function of the step, or one per group
+        last_epoch: int = -1,  # index of the last step; -1 starts afresh
+    ):
         self.optimizer = optimizer
-        self.lr_lambdas = _per_group(optimizer, lr_lambda, "lr_lambda",
-                                     _LAMBDAS_MISMATCH)
+        self.lr_lambdas = _per_group(
+            optimizer, lr_lambda, "lr_lambda", _LAMBDAS_MISMATCH
+        )
         for fn in self.lr_lambdas:
             if not callable(fn):
-                raise TypeError("lr_lambda should be a function, "
-                                f"but got {type(fn).__name__}")
+                raise TypeError(
+                    "lr_lambda should be a function, "
+                    f"but got {type(fn).__name__}"
+                )
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         _warn_if_outside_step(self)
-        if self._is_initial: return _group_values(self.optimizer, "lr")
-        return [g["lr"] * fn(self.last_epoch)
-                for fn, g in zip(self.lr_lambdas, self.optimizer.param_groups,
-                                 strict=True)]
+        if self._is_initial:
+            return _group_values(self.optimizer, "lr")
+        return [
+            g["lr"] * fn(self.last_epoch)
+            for fn, g in zip(
+                self.lr_lambdas, self.optimizer.param_groups, strict=True
+            )
+        ]
 
 # %% ../../nbs/10_lr_scheduler.ipynb #b70aec20
 class StepLR(LRScheduler):
     "Multiply the lr by `gamma` every `step_size` steps."
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 step_size:int, # steps between two decays
-                 gamma:float=0.1, # factor of each decay
-                 last_epoch:int=-1, # index of the last step; -1 starts afresh
-                ):
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        step_size: int,  # steps between two decays
+        gamma: float = 0.1,  # factor of each decay
+        last_epoch: int = -1,  # index of the last step; -1 starts afresh
+    ):
         self.step_size, self.gamma = step_size, gamma
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         _warn_if_outside_step(self)
-        if self.last_epoch == 0 or self.last_epoch % self.step_size != 0: return _group_values(self.optimizer, "lr")
+        if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
+            return _group_values(self.optimizer, "lr")
         return [g["lr"] * self.gamma for g in self.optimizer.param_groups]
 
     def _get_closed_form_lr(self):
-        return [base_lr * self.gamma ** (self.last_epoch // self.step_size) for base_lr in self.base_lrs]
+        return [
+            base_lr * self.gamma ** (self.last_epoch // self.step_size)
+            for base_lr in self.base_lrs
+        ]
 
 # %% ../../nbs/10_lr_scheduler.ipynb #6e899eee
 class MultiStepLR(LRScheduler):
     "Multiply the lr by `gamma` at each milestone (by `gamma**n` at a milestone listed n times)."
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 milestones, # steps at which to decay (increasing)
-                 gamma:float=0.1, # factor of each decay
-                 last_epoch:int=-1, # index of the last step; -1 starts afresh
-                ):
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        milestones,  # steps at which to decay (increasing)
+        gamma: float = 0.1,  # factor of each decay
+        last_epoch: int = -1,  # index of the last step; -1 starts afresh
+    ):
         self.milestones, self.gamma = Counter(milestones), gamma
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         _warn_if_outside_step(self)
-        if self.last_epoch not in self.milestones: return _group_values(self.optimizer, "lr")
-        return [g["lr"] * self.gamma ** self.milestones[self.last_epoch] for g in self.optimizer.param_groups]
+        if self.last_epoch not in self.milestones:
+            return _group_values(self.optimizer, "lr")
+        return [
+            g["lr"] * self.gamma ** self.milestones[self.last_epoch]
+            for g in self.optimizer.param_groups
+        ]
 
     def _get_closed_form_lr(self):
-        passed = bisect_right(sorted(self.milestones.elements()), self.last_epoch)
-        return [base_lr * self.gamma ** passed for base_lr in self.base_lrs]
+        passed = bisect_right(
+            sorted(self.milestones.elements()), self.last_epoch
+        )
+        return [base_lr * self.gamma**passed for base_lr in self.base_lrs]
 
 # %% ../../nbs/10_lr_scheduler.ipynb #ca1353d1
 class ConstantLR(LRScheduler):
     "Multiply the lr by `factor` for the first `total_iters` steps, then restore it."
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 factor:float=1.0/3, # factor applied until `total_iters`, in [0, 1]
-                 total_iters:int=5, # number of steps the factor lasts
-                 last_epoch:int=-1, # index of the last step; -1 starts afresh
-                ):
-        if factor > 1.0 or factor < 0: raise ValueError("Constant multiplicative factor expected to be between 0 and 1.")
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        factor: float = 1.0
+        / 3,  # factor applied until `total_iters`, in [0, 1]
+        total_iters: int = 5,  # number of steps the factor lasts
+        last_epoch: int = -1,  # index of the last step; -1 starts afresh
+    ):
+        if factor > 1.0 or factor < 0:
+            raise ValueError(
+                "Constant multiplicative factor expected to be between 0 and 1."
+            )
         self.factor, self.total_iters = factor, total_iters
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         _warn_if_outside_step(self)
-        if self.last_epoch == 0: return [g["lr"] * self.factor for g in self.optimizer.param_groups]
-        if self.last_epoch != self.total_iters: return _group_values(self.optimizer, "lr")
-        return [g["lr"] * (1.0 / self.factor) for g in self.optimizer.param_groups]
+        if self.last_epoch == 0:
+            return [g["lr"] * self.factor for g in self.optimizer.param_groups]
+        if self.last_epoch != self.total_iters:
+            return _group_values(self.optimizer, "lr")
+        return [
+            g["lr"] * (1.0 / self.factor) for g in self.optimizer.param_groups
+        ]
 
     def _get_closed_form_lr(self):
-        return [base_lr * (self.factor + (self.last_epoch >= self.total_iters) * (1 - self.factor))
-                for base_lr in self.base_lrs]
+        return [
+            base_lr
+            * (
+                self.factor
+                + (self.last_epoch >= self.total_iters) * (1 - self.factor)
+            )
+            for base_lr in self.base_lrs
+        ]
 
 # %% ../../nbs/10_lr_scheduler.ipynb #942486f5
 class LinearLR(LRScheduler):
     "Move the lr's factor linearly from `start_factor` to `end_factor` over `total_iters` steps."
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 start_factor:float=1.0/3, # factor at step 0, in (0, 1]
-                 end_factor:float=1.0, # factor from step `total_iters` on, in [0, 1]
-                 total_iters:int=5, # length of the ramp in steps
-                 last_epoch:int=-1, # index of the last step; -1 starts afresh
-                ):
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        start_factor: float = 1.0 / 3,  # factor at step 0, in (0, 1]
+        end_factor: float = 1.0,  # factor from step `total_iters` on, in [0, 1]
+        total_iters: int = 5,  # length of the ramp in steps
+        last_epoch: int = -1,  # index of the last step; -1 starts afresh
+    ):
         if start_factor > 1.0 or start_factor <= 0:
-            raise ValueError("Starting multiplicative factor expected to be greater than 0 and less or equal to 1.")
-        if end_factor > 1.0 or end_factor < 0: raise ValueError("Ending multiplicative factor expected to be between 0 and 1.")
-        self.start_factor, self.end_factor, self.total_iters = start_factor, end_factor, total_iters
+            raise ValueError(
+                "Starting multiplicative factor expected to be greater than 0 and less or equal to 1."
+            )
+        if end_factor > 1.0 or end_factor < 0:
+            raise ValueError(
+                "Ending multiplicative factor expected to be between 0 and 1."
+            )
+        self.start_factor, self.end_factor, self.total_iters = (
+            start_factor,
+            end_factor,
+            total_iters,
+        )
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         _warn_if_outside_step(self)
-        if self.last_epoch == 0: return [g["lr"] * self.start_factor for g in self.optimizer.param_groups]
-        if self._is_initial or self.last_epoch > self.total_iters: return _group_values(self.optimizer, "lr")
+        if self.last_epoch == 0:
+            return [
+                g["lr"] * self.start_factor
+                for g in self.optimizer.param_groups
+            ]
+        if self._is_initial or self.last_epoch > self.total_iters:
+            return _group_values(self.optimizer, "lr")
         # factor(t) / factor(t-1), with factor(t) = start + (end - start) * t / total_iters
         delta = self.end_factor - self.start_factor
-        ratio = 1.0 + delta / (self.total_iters * self.start_factor + (self.last_epoch - 1) * delta)
+        ratio = 1.0 + delta / (
+            self.total_iters * self.start_factor
+            + (self.last_epoch - 1) * delta
+        )
         return [g["lr"] * ratio for g in self.optimizer.param_groups]
 
     def _get_closed_form_lr(self):
         delta = self.end_factor - self.start_factor
-        return [base_lr * (self.start_factor + delta * min(self.total_iters, self.last_epoch) / self.total_iters)
-                for base_lr in self.base_lrs]
+        return [
+            base_lr
+            * (
+                self.start_factor
+                + delta
+                * min(self.total_iters, self.last_epoch)
+                / self.total_iters
+            )
+            for base_lr in self.base_lrs
+        ]
 
 # %% ../../nbs/10_lr_scheduler.ipynb #16810418
 class ExponentialLR(LRScheduler):
     "Multiply the lr by `gamma` at every step."
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 gamma:float, # factor of each step's decay
-                 last_epoch:int=-1, # index of the last step; -1 starts afresh
-                ):
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        gamma: float,  # factor of each step's decay
+        last_epoch: int = -1,  # index of the last step; -1 starts afresh
+    ):
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         _warn_if_outside_step(self)
         # when resuming, the constructor's step must not move the lr a step ahead
-        if self._is_initial: return _group_values(self.optimizer, "lr")
+        if self._is_initial:
+            return _group_values(self.optimizer, "lr")
         return [g["lr"] * self.gamma for g in self.optimizer.param_groups]
 
     def _get_closed_form_lr(self):
-        return [base_lr * self.gamma ** self.last_epoch for base_lr in self.base_lrs]
+        return [
+            base_lr * self.gamma**self.last_epoch for base_lr in self.base_lrs
+        ]
 
 # %% ../../nbs/10_lr_scheduler.ipynb #2424d44b
 class PolynomialLR(LRScheduler):
     "Decay the lr as `(1 - step/total_iters)**power` until `total_iters`, then hold it."
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 total_iters:int=5, # steps until the lr reaches 0
-                 power:float=1.0, # exponent of the decay
-                 last_epoch:int=-1, # index of the last step; -1 starts afresh
-                ):
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        total_iters: int = 5,  # steps until the lr reaches 0
+        power: float = 1.0,  # exponent of the decay
+        last_epoch: int = -1,  # index of the last step; -1 starts afresh
+    ):
         self.total_iters, self.power = total_iters, power
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         _warn_if_outside_step(self)
-        if self._is_initial or self.last_epoch > self.total_iters: return _group_values(self.optimizer, "lr")
+        if self._is_initial or self.last_epoch > self.total_iters:
+            return _group_values(self.optimizer, "lr")
         t, T = self.last_epoch, self.total_iters
         ratio = ((1.0 - t / T) / (1.0 - (t - 1) / T)) ** self.power
         return [g["lr"] * ratio for g in self.optimizer.param_groups]
 
     def _get_closed_form_lr(self):
-        return [base_lr * (1.0 - min(self.total_iters, self.last_epoch) / self.total_iters) ** self.power
-                for base_lr in self.base_lrs]
+        return [
+            base_lr
+            * (1.0 - min(self.total_iters, self.last_epoch) / self.total_iters)
+            ** self.power
+            for base_lr in self.base_lrs
+        ]
 
 # %% ../../nbs/10_lr_scheduler.ipynb #ce06370c
 class CosineAnnealingLR(LRScheduler):
     "Anneal the lr from its initial value to `eta_min` along half a cosine of `T_max` steps."
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 T_max:int, # steps of the half cosine (the lr climbs back after it)
-                 eta_min:float=0.0, # lowest lr
-                 last_epoch:int=-1, # index of the last step; -1 starts afresh
-                ):
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        T_max: int,  # steps of the half cosine (the lr climbs back after it)
+        eta_min: float = 0.0,  # lowest lr
+        last_epoch: int = -1,  # index of the last step; -1 starts afresh
+    ):
         self.T_max, self.eta_min = T_max, eta_min
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         _warn_if_outside_step(self)
         t, T, lo = self.last_epoch, self.T_max, self.eta_min
-        if self._is_initial: return _group_values(self.optimizer, "lr")
+        if self._is_initial:
+            return _group_values(self.optimizer, "lr")
         if self._step_count == 1 and t > 0:  # resumed: nothing to recurse from
-            return [lo + (base_lr - lo) * (1 + math.cos(t * math.pi / T)) / 2 for base_lr in self.base_lrs]
-        if (t - 1 - T) % (2 * T) == 0:  # leaving the bottom, where the ratio below would be 0/0
-            return [g["lr"] + (base_lr - lo) * (1 - math.cos(math.pi / T)) / 2
-                    for base_lr, g in zip(self.base_lrs, self.optimizer.param_groups, strict=True)]
-        ratio = (1 + math.cos(math.pi * t / T)) / (1 + math.cos(math.pi * (t - 1) / T))
-        return [ratio * (g["lr"] - lo) + lo for g in self.optimizer.param_groups]
+            return [
+                lo + (base_lr - lo) * (1 + math.cos(t * math.pi / T)) / 2
+                for base_lr in self.base_lrs
+            ]
+        if (t - 1 - T) % (
+            2 * T
+        ) == 0:  # leaving the bottom, where the ratio below would be 0/0
+            return [
+                g["lr"] + (base_lr - lo) * (1 - math.cos(math.pi / T)) / 2
+                for base_lr, g in zip(
+                    self.base_lrs, self.optimizer.param_groups, strict=True
+                )
+            ]
+        ratio = (1 + math.cos(math.pi * t / T)) / (
+            1 + math.cos(math.pi * (t - 1) / T)
+        )
+        return [
+            ratio * (g["lr"] - lo) + lo for g in self.optimizer.param_groups
+        ]
 
     def _get_closed_form_lr(self):
-        return [self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
-                for base_lr in self.base_lrs]
+        return [
+            self.eta_min
+            + (base_lr - self.eta_min)
+            * (1 + math.cos(math.pi * self.last_epoch / self.T_max))
+            / 2
+            for base_lr in self.base_lrs
+        ]
 
 # %% ../../nbs/10_lr_scheduler.ipynb #cf95595f
 def _check_schedulers(owner, schedulers, optimizer):
     name = owner.__class__.__name__
     for i, s in enumerate(schedulers):
         if not hasattr(s, "optimizer"):
-            raise TypeError(f"{name} at index {i} should have `optimizer` "
-                            "as its attribute.")
+            raise TypeError(
+                f"{name} at index {i} should have `optimizer` "
+                "as its attribute."
+            )
         if getattr(s, "_steps_on_a_metric", False):  # ReduceLROnPlateau
             raise ValueError(
                 f"{name} does not support `ReduceLROnPlateau` scheduler as it "
                 "requires additional kwargs to be specified when calling "
                 f"`step`, but got one at index {i} in the given schedulers "
-                "sequence.")
+                "sequence."
+            )
         if optimizer != s.optimizer:
             raise ValueError(
                 f"{name} expects all schedulers to belong to the same "
                 f"optimizer, but got scheduler {s.__class__.__name__} at "
                 f"index {i} has {s.optimizer}, which is different from "
-                f"{optimizer.__class__.__name__}.")
+                f"{optimizer.__class__.__name__}."
+            )
+
 
 # a composite's state holds the state of each scheduler it drives
-_AS_SCHEDULER = (lambda s: s.state_dict(),
-                 lambda s, saved: s.load_state_dict(saved))
+_AS_SCHEDULER = (
+    lambda s: s.state_dict(),
+    lambda s, saved: s.load_state_dict(saved),
+)
 
 # %% ../../nbs/10_lr_scheduler.ipynb #37571a63
 class SequentialLR(LRScheduler):
     "Run `schedulers[i]` from `milestones[i-1]` to `milestones[i]`."
+
     _saved_apart = {"_schedulers": _AS_SCHEDULER}
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 schedulers:list, # the schedulers, in the order they run
-                 milestones:list, # steps where the next one takes over
-                 last_epoch:int=-1, # index of the last step; -1 starts afresh
-                ):
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        schedulers: list,  # the schedulers, in the order they run
+        milestones: list,  # steps where the next one takes over
+        last_epoch: int = -1,  # index of the last step; -1 starts afresh
+    ):
         if len(schedulers) < 1:
-            raise ValueError(f"{self.__class__.__name__} expects at least one "
-                             "scheduler, but got no scheduler.")
+            raise ValueError(
+                f"{self.__class__.__name__} expects at least one "
+                "scheduler, but got no scheduler."
+            )
         _check_schedulers(self, schedulers, optimizer)
         if len(milestones) != len(schedulers) - 1:
             raise ValueError(
                 "Sequential Schedulers expects number of schedulers provided "
                 "to be one more than the number of milestone points, but got "
                 f"number of schedulers {len(schedulers)} and the number of "
-                f"milestones to be equal to {len(milestones)}")
+                f"milestones to be equal to {len(milestones)}"
+            )
         self._schedulers, self._milestones = schedulers, milestones
         self.last_epoch = last_epoch + 1
         self.optimizer = optimizer
         # building the schedulers moved the lr and their step counts:
         # undo both, then start the first one again
-        for group in optimizer.param_groups: group["lr"] = group["initial_lr"]
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
         self.recursive_undo()
         first = self._schedulers[bisect_right(self._milestones, 0)]
         first._initial_step()
@@ -468,8 +635,10 @@ class SequentialLR(LRScheduler):
         "Take back one step from every scheduler, nested composites included."
         sched = self if sched is None else sched
         if hasattr(sched, "_schedulers"):
-            for s in sched._schedulers: self.recursive_undo(s)
-        elif hasattr(sched, "last_epoch"): sched.last_epoch -= 1
+            for s in sched._schedulers:
+                self.recursive_undo(s)
+        elif hasattr(sched, "last_epoch"):
+            sched.last_epoch -= 1
 
     def step(self):
         "Step the scheduler in charge; at a milestone, restart the next one."
@@ -478,20 +647,26 @@ class SequentialLR(LRScheduler):
         scheduler = self._schedulers[idx]
         if idx > 0 and self._milestones[idx - 1] == self.last_epoch:
             scheduler._update_lr(0)
-        else: scheduler.step()
+        else:
+            scheduler.step()
         self._last_lr = scheduler.get_last_lr()
 
 # %% ../../nbs/10_lr_scheduler.ipynb #8790eb47
 class ChainedScheduler(LRScheduler):
     "Step all `schedulers` at every step: their (chainable) factors multiply."
+
     _saved_apart = {"_schedulers": _AS_SCHEDULER}
-    def __init__(self,
-                 schedulers, # the schedulers to step together
-                 optimizer=None, # their optimizer (default: the first one's)
-                ):
+
+    def __init__(
+        self,
+        schedulers,  # the schedulers to step together
+        optimizer=None,  # their optimizer (default: the first one's)
+    ):
         if len(schedulers) < 1:
-            raise ValueError(f"{self.__class__.__name__} expects at least one "
-                             "scheduler to be chained, but got no scheduler.")
+            raise ValueError(
+                f"{self.__class__.__name__} expects at least one "
+                "scheduler to be chained, but got no scheduler."
+            )
         optimizer = optimizer or schedulers[0].optimizer
         _check_schedulers(self, schedulers, optimizer)
         self._schedulers, self.optimizer = schedulers, optimizer
@@ -499,27 +674,32 @@ class ChainedScheduler(LRScheduler):
 
     def step(self):
         "Step every scheduler, in order."
-        for scheduler in self._schedulers: scheduler.step()
+        for scheduler in self._schedulers:
+            scheduler.step()
         self._last_lr = _group_values(self._schedulers[-1].optimizer, "lr")
 
 # %% ../../nbs/10_lr_scheduler.ipynb #5dda2488
 class CosineAnnealingWarmRestarts(LRScheduler):
     """Cosine annealing from the initial lr to `eta_min` over `T_0` steps,
     then restart, each period `T_mult` times longer."""
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 T_0:int, # steps of the first period
-                 T_mult:int=1, # growth factor of the period at each restart
-                 eta_min:float=0.0, # lowest lr
-                 last_epoch:int=-1, # index of the last step; -1 starts afresh
-                ):
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        T_0: int,  # steps of the first period
+        T_mult: int = 1,  # growth factor of the period at each restart
+        eta_min: float = 0.0,  # lowest lr
+        last_epoch: int = -1,  # index of the last step; -1 starts afresh
+    ):
         if T_0 <= 0 or not isinstance(T_0, int):
             raise ValueError(f"Expected positive integer T_0, but got {T_0}")
         if T_mult < 1 or not isinstance(T_mult, int):
             raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult}")
         if not isinstance(eta_min, (float, int)):
-            raise ValueError(f"Expected float or int eta_min, but got "
-                             f"{eta_min} of type {type(eta_min)}")
+            raise ValueError(
+                f"Expected float or int eta_min, but got "
+                f"{eta_min} of type {type(eta_min)}"
+            )
         self.T_0, self.T_i, self.T_mult = T_0, T_0, T_mult
         self.eta_min = eta_min
         self.T_cur = last_epoch  # steps since the last restart
@@ -528,14 +708,18 @@ class CosineAnnealingWarmRestarts(LRScheduler):
     def get_lr(self):
         _warn_if_outside_step(self)
         cos = math.cos(math.pi * self.T_cur / self.T_i)
-        return [self.eta_min + (base_lr - self.eta_min) * (1 + cos) / 2
-                for base_lr in self.base_lrs]
+        return [
+            self.eta_min + (base_lr - self.eta_min) * (1 + cos) / 2
+            for base_lr in self.base_lrs
+        ]
 
-    def step(self,
-             epoch=None, # jump to this step (may be `epoch + i/iters`)
-            ):
+    def step(
+        self,
+        epoch=None,  # jump to this step (may be `epoch + i/iters`)
+    ):
         "Advance one step, or jump to step `epoch`; restart when a period ends."
-        if epoch is None and self.last_epoch < 0: epoch = 0
+        if epoch is None and self.last_epoch < 0:
+            epoch = 0
         if epoch is None:
             epoch = self.last_epoch + 1
             self.T_cur = self.T_cur + 1
@@ -545,7 +729,8 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         else:
             if epoch < 0:
                 raise ValueError(
-                    f"Expected non-negative epoch, but got {epoch}")
+                    f"Expected non-negative epoch, but got {epoch}"
+                )
             self._jump_to(epoch)
         self._update_lr(math.floor(epoch))  # no closed form: `get_lr()`
 
@@ -553,8 +738,10 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         """Find the period holding step `epoch`: periods T_0, T_0*T_mult, ...
         start at T_0*(T_mult**n - 1)/(T_mult - 1)."""
         T_0, T_mult = self.T_0, self.T_mult
-        if epoch < T_0: self.T_i, self.T_cur = T_0, epoch
-        elif T_mult == 1: self.T_cur = epoch % T_0
+        if epoch < T_0:
+            self.T_i, self.T_cur = T_0, epoch
+        elif T_mult == 1:
+            self.T_cur = epoch % T_0
         else:
             n = int(math.log(epoch / T_0 * (T_mult - 1) + 1, T_mult))
             self.T_cur = epoch - T_0 * (T_mult**n - 1) / (T_mult - 1)
@@ -566,14 +753,17 @@ def _init_cycled_momentum(optimizer, base_momentum, max_momentum, last_epoch):
     start it at `max_momentum`."""
     defaults = optimizer.defaults
     if "momentum" not in defaults and "betas" not in defaults:
-        raise ValueError("optimizer must support momentum or beta1 with "
-                         "`cycle_momentum` option enabled")
+        raise ValueError(
+            "optimizer must support momentum or beta1 with "
+            "`cycle_momentum` option enabled"
+        )
     use_beta1 = "betas" in defaults
     base_momentums = _per_group(optimizer, base_momentum, "base_momentum")
     max_momentums = _per_group(optimizer, max_momentum, "max_momentum")
     if last_epoch == -1:
-        for hi, lo, group in zip(max_momentums, base_momentums,
-                                 optimizer.param_groups, strict=True):
+        for hi, lo, group in zip(
+            max_momentums, base_momentums, optimizer.param_groups, strict=True
+        ):
             _set_momentum(group, hi, use_beta1)
             group["max_momentum"], group["base_momentum"] = hi, lo
     return use_beta1, base_momentums, max_momentums
@@ -582,42 +772,52 @@ def _init_cycled_momentum(optimizer, base_momentum, max_momentum, last_epoch):
 class CyclicLR(LRScheduler):
     """Cycle the lr between `base_lr` and `max_lr` (and the momentum the
     other way), once per `step_size_up + step_size_down` steps."""
+
     _saved_apart = {"_scale_fn_custom": _AS_CALLABLE}
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 base_lr, # lowest lr of the cycle, one for all or per group
-                 max_lr, # highest lr of the cycle, one for all or per group
-                 step_size_up:int=2000, # steps from `base_lr` up to `max_lr`
-                 step_size_down:int=None, # steps down (default: step_size_up)
-                 mode:str="triangular", # or 'triangular2', 'exp_range'
-                 gamma:float=1.0, # 'exp_range': amplitude times `gamma**step`
-                 scale_fn=None, # custom amplitude scale (overrides `mode`)
-                 scale_mode:str="cycle", # `scale_fn` gets 'cycle' or 'iterations'
-                 cycle_momentum:bool=True, # cycle `momentum` (or `betas[0]`)
-                 base_momentum:float=0.8, # lowest momentum, at `max_lr`
-                 max_momentum:float=0.9, # highest momentum, at `base_lr`
-                 last_epoch:int=-1, # index of the last step; -1 starts afresh
-                ):
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        base_lr,  # lowest lr of the cycle, one for all or per group
+        max_lr,  # highest lr of the cycle, one for all or per group
+        step_size_up: int = 2000,  # steps from `base_lr` up to `max_lr`
+        step_size_down: int = None,  # steps down (default: step_size_up)
+        mode: str = "triangular",  # or 'triangular2', 'exp_range'
+        gamma: float = 1.0,  # 'exp_range': amplitude times `gamma**step`
+        scale_fn=None,  # custom amplitude scale (overrides `mode`)
+        scale_mode: str = "cycle",  # `scale_fn` gets 'cycle' or 'iterations'
+        cycle_momentum: bool = True,  # cycle `momentum` (or `betas[0]`)
+        base_momentum: float = 0.8,  # lowest momentum, at `max_lr`
+        max_momentum: float = 0.9,  # highest momentum, at `base_lr`
+        last_epoch: int = -1,  # index of the last step; -1 starts afresh
+    ):
         _check_optimizer(optimizer)
         self.optimizer = optimizer
         base_lrs = _per_group(optimizer, base_lr, "base_lr")
-        if last_epoch == -1: _set_group_values(optimizer, "lr", base_lrs)
+        if last_epoch == -1:
+            _set_group_values(optimizer, "lr", base_lrs)
         self.max_lrs = _per_group(optimizer, max_lr, "max_lr")
         step_size_up = float(step_size_up)
-        step_size_down = (float(step_size_down) if step_size_down is not None
-                          else step_size_up)
+        step_size_down = (
+            float(step_size_down)
+            if step_size_down is not None
+            else step_size_up
+        )
         self.total_size = step_size_up + step_size_down
         self.step_ratio = step_size_up / self.total_size
-        if (mode not in ("triangular", "triangular2", "exp_range")
-                and scale_fn is None):
+        if (
+            mode not in ("triangular", "triangular2", "exp_range")
+            and scale_fn is None
+        ):
             raise ValueError("mode is invalid and scale_fn is None")
         self.mode, self.gamma = mode, gamma
         self._scale_fn_custom, self.scale_mode = scale_fn, scale_mode
         self._init_scale_fn()
         self.cycle_momentum = cycle_momentum
         if cycle_momentum:
-            momentum = _init_cycled_momentum(optimizer, base_momentum,
-                                             max_momentum, last_epoch)
+            momentum = _init_cycled_momentum(
+                optimizer, base_momentum, max_momentum, last_epoch
+            )
             self.use_beta1, self.base_momentums, self.max_momentums = momentum
         self._start(last_epoch)  # the optimizer is checked already
         self.base_lrs = base_lrs
@@ -625,15 +825,19 @@ class CyclicLR(LRScheduler):
     def _init_scale_fn(self):
         "The built-in modes fix what the scale is a function of."
         if self._scale_fn_custom is None:
-            self.scale_mode = ("iterations" if self.mode == "exp_range"
-                               else "cycle")
+            self.scale_mode = (
+                "iterations" if self.mode == "exp_range" else "cycle"
+            )
 
     def scale_fn(self, x):
         "The amplitude's scale at cycle (or step) `x`."
-        if self._scale_fn_custom is not None: return self._scale_fn_custom(x)
-        if self.mode == "triangular": return 1.0
-        if self.mode == "triangular2": return 1 / (2.0 ** (x - 1))
-        return self.gamma ** x
+        if self._scale_fn_custom is not None:
+            return self._scale_fn_custom(x)
+        if self.mode == "triangular":
+            return 1.0
+        if self.mode == "triangular2":
+            return 1 / (2.0 ** (x - 1))
+        return self.gamma**x
 
     def get_lr(self):
         _warn_if_outside_step(self)
@@ -643,18 +847,24 @@ class CyclicLR(LRScheduler):
         # rises 0 -> 1 over the first `r` of the cycle, falls back over the rest
         height = x / r if x <= r else (x - 1) / (r - 1)
         scale = self.scale_fn(cycle if self.scale_mode == "cycle" else t)
-        lrs = [lo + (hi - lo) * height * scale
-               for lo, hi in zip(self.base_lrs, self.max_lrs, strict=True)]
+        lrs = [
+            lo + (hi - lo) * height * scale
+            for lo, hi in zip(self.base_lrs, self.max_lrs, strict=True)
+        ]
         if self.cycle_momentum:
-            momentums = [hi - (hi - lo) * height * scale
-                         for lo, hi in zip(self.base_momentums,
-                                           self.max_momentums, strict=True)]
-            for group, momentum in zip(self.optimizer.param_groups, momentums,
-                                       strict=True):
+            momentums = [
+                hi - (hi - lo) * height * scale
+                for lo, hi in zip(
+                    self.base_momentums, self.max_momentums, strict=True
+                )
+            ]
+            for group, momentum in zip(
+                self.optimizer.param_groups, momentums, strict=True
+            ):
                 _set_momentum(group, momentum, self.use_beta1)
         return lrs
 
-    def load_state_dict(self, state_dict:dict):
+    def load_state_dict(self, state_dict: dict):
         "Restore the state saved by `state_dict()`."
         super().load_state_dict(state_dict)
         self._init_scale_fn()
@@ -663,33 +873,40 @@ class CyclicLR(LRScheduler):
 class OneCycleLR(LRScheduler):
     """One cycle: warm the lr up from `max_lr/div_factor` to `max_lr`, then
     anneal it far below its start."""
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 max_lr, # peak lr, one for all groups or one per group
-                 total_steps:int=None, # length of the cycle (or the next two)
-                 epochs:int=None, # epochs, to compute `total_steps`
-                 steps_per_epoch:int=None, # to compute `total_steps`
-                 pct_start:float=0.3, # fraction of the cycle warming up
-                 anneal_strategy:str="cos", # 'cos' or 'linear' within a phase
-                 cycle_momentum:bool=True, # cycle `momentum` (or `betas[0]`)
-                 base_momentum=0.85, # momentum at the peak lr
-                 max_momentum=0.95, # momentum at the start and the end
-                 div_factor:float=25.0, # initial lr = max_lr / div_factor
-                 final_div_factor:float=1e4, # final lr = initial lr / this
-                 three_phase:bool=False, # back down to the start, then anneal
-                 last_epoch:int=-1, # index of the last step; -1 starts afresh
-                ):
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        max_lr,  # peak lr, one for all groups or one per group
+        total_steps: int = None,  # length of the cycle (or the next two)
+        epochs: int = None,  # epochs, to compute `total_steps`
+        steps_per_epoch: int = None,  # to compute `total_steps`
+        pct_start: float = 0.3,  # fraction of the cycle warming up
+        anneal_strategy: str = "cos",  # 'cos' or 'linear' within a phase
+        cycle_momentum: bool = True,  # cycle `momentum` (or `betas[0]`)
+        base_momentum=0.85,  # momentum at the peak lr
+        max_momentum=0.95,  # momentum at the start and the end
+        div_factor: float = 25.0,  # initial lr = max_lr / div_factor
+        final_div_factor: float = 1e4,  # final lr = initial lr / this
+        three_phase: bool = False,  # back down to the start, then anneal
+        last_epoch: int = -1,  # index of the last step; -1 starts afresh
+    ):
         _check_optimizer(optimizer)
         self.optimizer = optimizer
-        self.total_steps = self._check_total_steps(total_steps, epochs,
-                                                   steps_per_epoch)
+        self.total_steps = self._check_total_steps(
+            total_steps, epochs, steps_per_epoch
+        )
         self._schedule_phases = self._phases(pct_start, three_phase)
         if pct_start < 0 or pct_start > 1 or not isinstance(pct_start, float):
-            raise ValueError("Expected float between 0 and 1 pct_start, "
-                             f"but got {pct_start}")
+            raise ValueError(
+                "Expected float between 0 and 1 pct_start, "
+                f"but got {pct_start}"
+            )
         if anneal_strategy not in ("cos", "linear"):
-            raise ValueError("anneal_strategy must be one of 'cos' or "
-                             f"'linear', instead got {anneal_strategy}")
+            raise ValueError(
+                "anneal_strategy must be one of 'cos' or "
+                f"'linear', instead got {anneal_strategy}"
+            )
         self._anneal_func_type = anneal_strategy
         max_lrs = _per_group(optimizer, max_lr, "max_lr")
         if last_epoch == -1:
@@ -700,7 +917,8 @@ class OneCycleLR(LRScheduler):
         self.cycle_momentum = cycle_momentum
         if cycle_momentum:
             self.use_beta1, _, _ = _init_cycled_momentum(
-                optimizer, base_momentum, max_momentum, last_epoch)
+                optimizer, base_momentum, max_momentum, last_epoch
+            )
         self._start(last_epoch)  # the optimizer is checked already
 
     @staticmethod
@@ -708,15 +926,21 @@ class OneCycleLR(LRScheduler):
         def positive_int(value, name):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(
-                    f"Expected positive integer {name}, but got {value}")
+                    f"Expected positive integer {name}, but got {value}"
+                )
+
         if total_steps is not None:
             if total_steps <= 0 or not isinstance(total_steps, int):
-                raise ValueError("Expected positive integer total_steps, "
-                                 f"but got {total_steps}")
+                raise ValueError(
+                    "Expected positive integer total_steps, "
+                    f"but got {total_steps}"
+                )
             return total_steps
         if epochs is None or steps_per_epoch is None:
-            raise ValueError("You must define either total_steps OR "
-                             "(epochs AND steps_per_epoch)")
+            raise ValueError(
+                "You must define either total_steps OR "
+                "(epochs AND steps_per_epoch)"
+            )
         positive_int(epochs, "epochs")
         positive_int(steps_per_epoch, "steps_per_epoch")
         return epochs * steps_per_epoch
@@ -724,21 +948,39 @@ class OneCycleLR(LRScheduler):
     def _phases(self, pct_start, three_phase):
         """Each phase ends at `end_step` and moves the lr (and momentum)
         between two of the group's keys."""
+
         def phase(end_step, lrs, momentums):
-            return dict(end_step=end_step, start_lr=lrs[0], end_lr=lrs[1],
-                        start_momentum=momentums[0], end_momentum=momentums[1])
+            return dict(
+                end_step=end_step,
+                start_lr=lrs[0],
+                end_lr=lrs[1],
+                start_momentum=momentums[0],
+                end_momentum=momentums[1],
+            )
+
         falling = ("max_momentum", "base_momentum")  # as the lr rises
         rising = ("base_momentum", "max_momentum")
-        warm_up = phase(float(pct_start * self.total_steps) - 1,
-                        ("initial_lr", "max_lr"), falling)
+        warm_up = phase(
+            float(pct_start * self.total_steps) - 1,
+            ("initial_lr", "max_lr"),
+            falling,
+        )
         last = self.total_steps - 1
         if not three_phase:
             return [warm_up, phase(last, ("max_lr", "min_lr"), rising)]
-        return [warm_up,
-                phase(float(2 * pct_start * self.total_steps) - 2,
-                      ("max_lr", "initial_lr"), rising),
-                phase(last, ("initial_lr", "min_lr"),
-                      ("max_momentum", "max_momentum"))]
+        return [
+            warm_up,
+            phase(
+                float(2 * pct_start * self.total_steps) - 2,
+                ("max_lr", "initial_lr"),
+                rising,
+            ),
+            phase(
+                last,
+                ("initial_lr", "min_lr"),
+                ("max_momentum", "max_momentum"),
+            ),
+        ]
 
     def _anneal(self, start, end, pct):
         "Interpolate from `start` (pct=0) to `end` (pct=1)."
@@ -750,19 +992,27 @@ class OneCycleLR(LRScheduler):
         _warn_if_outside_step(self)
         t = self.last_epoch
         if t > self.total_steps:
-            raise ValueError(f"Tried to step {t} times. The specified number "
-                             f"of total steps is {self.total_steps}")
+            raise ValueError(
+                f"Tried to step {t} times. The specified number "
+                f"of total steps is {self.total_steps}"
+            )
         lrs = []
         for group in self.optimizer.param_groups:
             start = 0.0
             for i, ph in enumerate(self._schedule_phases):
                 if t <= ph["end_step"] or i == len(self._schedule_phases) - 1:
                     pct = (t - start) / (ph["end_step"] - start)
-                    lrs.append(self._anneal(group[ph["start_lr"]],
-                                            group[ph["end_lr"]], pct))
+                    lrs.append(
+                        self._anneal(
+                            group[ph["start_lr"]], group[ph["end_lr"]], pct
+                        )
+                    )
                     if self.cycle_momentum:
-                        momentum = self._anneal(group[ph["start_momentum"]],
-                                                group[ph["end_momentum"]], pct)
+                        momentum = self._anneal(
+                            group[ph["start_momentum"]],
+                            group[ph["end_momentum"]],
+                            pct,
+                        )
                         _set_momentum(group, momentum, self.use_beta1)
                     break
                 start = ph["end_step"]
@@ -771,32 +1021,38 @@ class OneCycleLR(LRScheduler):
 # %% ../../nbs/10_lr_scheduler.ipynb #b00bfda5
 class ReduceLROnPlateau(LRScheduler):
     "Multiply the lr by `factor` when a metric stalls for `patience` steps."
+
     _steps_on_a_metric = True  # step() needs the metric: composites refuse it
-    def __init__(self,
-                 optimizer, # wrapped optimizer
-                 mode:str="min", # 'min': the metric should fall; 'max': rise
-                 factor:float=0.1, # factor of each reduction (< 1)
-                 patience:int=10, # steps without improvement tolerated
-                 threshold:float=1e-4, # smallest change that is an improvement
-                 threshold_mode:str="rel", # 'rel' to the best, or 'abs'
-                 cooldown:int=0, # steps after a cut when bad steps don't count
-                 min_lr=0, # lowest lr, one for all groups or one per group
-                 eps:float=1e-8, # reductions smaller than this are skipped
-                ):
-        if factor >= 1.0: raise ValueError("Factor should be < 1.0.")
+
+    def __init__(
+        self,
+        optimizer,  # wrapped optimizer
+        mode: str = "min",  # 'min': the metric should fall; 'max': rise
+        factor: float = 0.1,  # factor of each reduction (< 1)
+        patience: int = 10,  # steps without improvement tolerated
+        threshold: float = 1e-4,  # smallest change that is an improvement
+        threshold_mode: str = "rel",  # 'rel' to the best, or 'abs'
+        cooldown: int = 0,  # steps after a cut when bad steps don't count
+        min_lr=0,  # lowest lr, one for all groups or one per group
+        eps: float = 1e-8,  # reductions smaller than this are skipped
+    ):
+        if factor >= 1.0:
+            raise ValueError("Factor should be < 1.0.")
         self.factor = factor
         _check_optimizer(optimizer)
         self.optimizer = optimizer
-        min_lrs = _per_group(optimizer, min_lr, "min_lr",
-                             "expected {n} min_lrs, got {got}")
+        min_lrs = _per_group(
+            optimizer, min_lr, "min_lr", "expected {n} min_lrs, got {got}"
+        )
         # a single min_lr also serves groups added later
         many = isinstance(min_lr, (list, tuple))
         self.default_min_lr, self.min_lrs = None if many else min_lr, min_lrs
         self.patience, self.cooldown, self.eps = patience, cooldown, eps
         self.last_epoch = 0
         self._last_lr = _group_values(optimizer, "lr")
-        self._init_is_better(mode=mode, threshold=threshold,
-                             threshold_mode=threshold_mode)
+        self._init_is_better(
+            mode=mode, threshold=threshold, threshold_mode=threshold_mode
+        )
         self._reset()
 
     def _reset(self):
@@ -804,24 +1060,30 @@ class ReduceLROnPlateau(LRScheduler):
         self.cooldown_counter, self.num_bad_epochs = 0, 0
 
     @property
-    def in_cooldown(self): return self.cooldown_counter > 0
+    def in_cooldown(self):
+        return self.cooldown_counter > 0
 
-    def step(self,
-             metrics, # the value watched, e.g. the validation loss
-             epoch=None, # deprecated: the step's index
-            ):
+    def step(
+        self,
+        metrics,  # the value watched, e.g. the validation loss
+        epoch=None,  # deprecated: the step's index
+    ):
         "Record `metrics`; cut the lr after `patience` steps without progress."
         current = float(metrics)
-        if epoch is None: epoch = self.last_epoch + 1
+        if epoch is None:
+            epoch = self.last_epoch + 1
         else:
             warnings.warn(EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
         self.last_epoch = epoch
         if self._is_better(current, self.best):
             self.best, self.num_bad_epochs = current, 0
-        else: self.num_bad_epochs += 1
+        else:
+            self.num_bad_epochs += 1
         if self.in_cooldown:
             self.cooldown_counter -= 1
-            self.num_bad_epochs = 0  # bad steps during the cooldown don't count
+            self.num_bad_epochs = (
+                0  # bad steps during the cooldown don't count
+            )
         if self.num_bad_epochs > self.patience:
             self._reduce_lr(epoch)
             self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
@@ -837,32 +1099,45 @@ class ReduceLROnPlateau(LRScheduler):
                     f"({len(self.min_lrs)}), usually due to a new param group "
                     "being added to the optimizer. Please modify the "
                     "`min_lrs` field to match the length of the `optimizer` "
-                    "param groups.")
+                    "param groups."
+                )
             self.min_lrs = [self.default_min_lr] * n
         for group, min_lr in zip(self.optimizer.param_groups, self.min_lrs):
             old_lr = float(group["lr"])
             new_lr = max(old_lr * self.factor, min_lr)
-            if old_lr - new_lr > self.eps: group["lr"] = new_lr
+            if old_lr - new_lr > self.eps:
+                group["lr"] = new_lr
 
     def _is_better(self, a, best):
         rel = self.threshold_mode == "rel"
         if self.mode == "min":
-            return (a < best * (1.0 - self.threshold) if rel
-                    else a < best - self.threshold)
-        return (a > best * (self.threshold + 1.0) if rel
-                else a > best + self.threshold)
+            return (
+                a < best * (1.0 - self.threshold)
+                if rel
+                else a < best - self.threshold
+            )
+        return (
+            a > best * (self.threshold + 1.0)
+            if rel
+            else a > best + self.threshold
+        )
 
     def _init_is_better(self, mode, threshold, threshold_mode):
         if mode not in {"min", "max"}:
             raise ValueError("mode " + mode + " is unknown!")
         if threshold_mode not in {"rel", "abs"}:
-            raise ValueError("threshold mode " + threshold_mode + " is unknown!")
+            raise ValueError(
+                "threshold mode " + threshold_mode + " is unknown!"
+            )
         self.mode_worse = math.inf if mode == "min" else -math.inf
         self.mode, self.threshold = mode, threshold
         self.threshold_mode = threshold_mode
 
-    def load_state_dict(self, state_dict:dict):
+    def load_state_dict(self, state_dict: dict):
         "Restore the state saved by `state_dict()`."
         super().load_state_dict(state_dict)
-        self._init_is_better(mode=self.mode, threshold=self.threshold,
-                             threshold_mode=self.threshold_mode)
+        self._init_is_better(
+            mode=self.mode,
+            threshold=self.threshold,
+            threshold_mode=self.threshold_mode,
+        )

@@ -13,38 +13,72 @@ from .optimizer import validate_betas, validate_eps
 from .optimizer import validate_lr, validate_weight_decay
 
 # %% ../../nbs/09_adam_variants.ipynb #ddc60902
-NAdamConstants = namedtuple('NAdamConstants', [
-    'maximize', 'decoupled', 'l2', 'decay', 'weight_decay', 'beta1_weight',
-    'one', 'beta2', 'one_minus_beta2', 'bias_correction2', 'eps',
-    'grad_step', 'exp_avg_step'])
+NAdamConstants = namedtuple(
+    "NAdamConstants",
+    [
+        "maximize",
+        "decoupled",
+        "l2",
+        "decay",
+        "weight_decay",
+        "beta1_weight",
+        "one",
+        "beta2",
+        "one_minus_beta2",
+        "bias_correction2",
+        "eps",
+        "grad_step",
+        "exp_avg_step",
+    ],
+)
 
-def nadam_constants(step_t:np.ndarray, # the 0-d step counter, incremented in place
-                    mu_product:np.ndarray, # 0-d float32 product of the mu's
-                    *, beta1:float, beta2:float, lr:float, weight_decay:float,
-                    momentum_decay:float, eps:float, decoupled_weight_decay:bool,
-                    maximize:bool, # as `nadam`
-                   ) -> NAdamConstants:
+
+def nadam_constants(
+    step_t: np.ndarray,  # the 0-d step counter, incremented in place
+    mu_product: np.ndarray,  # 0-d float32 product of the mu's
+    *,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    weight_decay: float,
+    momentum_decay: float,
+    eps: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,  # as `nadam`
+) -> NAdamConstants:
     "Advance the step and `mu_product`; this step's constants."
     step_t += 1
     step = float(step_t)
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
-    mu_product *= mu   # in the array's own dtype (float32), as PyTorch
+    mu_product *= mu  # in the array's own dtype (float32), as PyTorch
     mu_product_next = float(mu_product) * mu_next
     decay = weight_decay != 0
     return NAdamConstants(
-        maximize, decay and decoupled_weight_decay,
+        maximize,
+        decay and decoupled_weight_decay,
         decay and not decoupled_weight_decay,
-        1 - lr * weight_decay, weight_decay, 1 - beta1, 1.0, beta2, 1 - beta2,
-        1 - beta2 ** step, eps, -lr * (1.0 - mu) / (1.0 - float(mu_product)),
-        (-lr * mu_next) / (1.0 - mu_product_next))
+        1 - lr * weight_decay,
+        weight_decay,
+        1 - beta1,
+        1.0,
+        beta2,
+        1 - beta2,
+        1 - beta2**step,
+        eps,
+        -lr * (1.0 - mu) / (1.0 - float(mu_product)),
+        (-lr * mu_next) / (1.0 - mu_product_next),
+    )
 
 # %% ../../nbs/09_adam_variants.ipynb #00f5162d
 def nadam_rule(c, param, grad, exp_avg, exp_avg_sq):
     "One step of NAdam on numbers or arrays, in PyTorch's order of operations."
-    if c.maximize: grad = -grad
-    if c.decoupled: param *= c.decay                  # NAdamW
-    if c.l2: grad = grad + param * c.weight_decay
+    if c.maximize:
+        grad = -grad
+    if c.decoupled:
+        param *= c.decay  # NAdamW
+    if c.l2:
+        grad = grad + param * c.weight_decay
     exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.one)
     exp_avg_sq *= c.beta2
     exp_avg_sq += grad * c.one_minus_beta2 * grad
@@ -53,87 +87,121 @@ def nadam_rule(c, param, grad, exp_avg, exp_avg_sq):
     param += c.exp_avg_step * exp_avg / denom
     return param, exp_avg, exp_avg_sq
 
-def nadam(params:list, # parameter arrays, updated in place
-          grads:list, # their gradients (not modified)
-          exp_avgs:list, # first moments m, updated in place
-          exp_avg_sqs:list, # second moments v, updated in place
-          mu_products:list, # 0-d float32 products of the mu's
-          state_steps:list, # 0-d float64 step counters, incremented in place
-          *,
-          beta1:float, # decay rate of m (the limit of the momentum schedule)
-          beta2:float, # decay rate of v
-          lr:float, # learning rate
-          weight_decay:float, # L2 penalty, or decoupled decay
-          momentum_decay:float, # psi: mu_t = beta1 * (1 - 0.5 * 0.96 ** (t * psi))
-          eps:float, # added after the square root of the corrected v
-          decoupled_weight_decay:bool, # shrink the parameters directly (NAdamW)
-          maximize:bool, # ascend instead of descend
-          apply=elementwise, # how the rule meets the arrays
-         ):
+
+def nadam(
+    params: list,  # parameter arrays, updated in place
+    grads: list,  # their gradients (not modified)
+    exp_avgs: list,  # first moments m, updated in place
+    exp_avg_sqs: list,  # second moments v, updated in place
+    mu_products: list,  # 0-d float32 products of the mu's
+    state_steps: list,  # 0-d float64 step counters, incremented in place
+    *,
+    beta1: float,  # decay rate of m (the limit of the momentum schedule)
+    beta2: float,  # decay rate of v
+    lr: float,  # learning rate
+    weight_decay: float,  # L2 penalty, or decoupled decay
+    momentum_decay: float,  # psi: mu_t = beta1 * (1 - 0.5 * 0.96 ** (t * psi))
+    eps: float,  # added after the square root of the corrected v
+    decoupled_weight_decay: bool,  # shrink the parameters directly (NAdamW)
+    maximize: bool,  # ascend instead of descend
+    apply=elementwise,  # how the rule meets the arrays
+):
     "NAdam on lists of arrays, as `torch.optim.nadam.nadam`."
     for i, param in enumerate(params):
         c = nadam_constants(
-            state_steps[i], mu_products[i], beta1=beta1, beta2=beta2, lr=lr,
-            weight_decay=weight_decay, momentum_decay=momentum_decay, eps=eps,
-            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+            state_steps[i],
+            mu_products[i],
+            beta1=beta1,
+            beta2=beta2,
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum_decay=momentum_decay,
+            eps=eps,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+        )
         apply(nadam_rule, c, param, grads[i], exp_avgs[i], exp_avg_sqs[i])
 
 # %% ../../nbs/09_adam_variants.ipynb #2e5ae8b6
 class NAdam(Optimizer):
     "NAdam (Dozat, 2016): Adam with Nesterov momentum and a warming-up momentum."
-    def __init__(self,
-                 params, # parameters, or dicts defining parameter groups
-                 lr:float=2e-3, # learning rate
-                 betas:tuple=(0.9, 0.999), # decay rates of m and v
-                 eps:float=1e-8, # added after the square root of the corrected v
-                 weight_decay:float=0, # L2 penalty (or decoupled decay, see below)
-                 momentum_decay:float=4e-3, # psi: how fast mu_t warms up to beta1
-                 decoupled_weight_decay:bool=False, # shrink the parameters (NAdamW)
-                 *,
-                 foreach:bool|None=None, # flat buffers (None: for large groups)
-                 fused:bool|None=None, # compiled loops (needs numba)
-                 maximize:bool=False, # ascend instead of descend
-                ):
-        validate_lr(lr); validate_eps(eps)
-        validate_betas(betas); validate_weight_decay(weight_decay)
+
+    def __init__(
+        self,
+        params,  # parameters, or dicts defining parameter groups
+        lr: float = 2e-3,  # learning rate
+        betas: tuple = (0.9, 0.999),  # decay rates of m and v
+        eps: float = 1e-8,  # added after the square root of the corrected v
+        weight_decay: float = 0,  # L2 penalty (or decoupled decay, see below)
+        momentum_decay: float = 4e-3,  # psi: how fast mu_t warms up to beta1
+        decoupled_weight_decay: bool = False,  # shrink the parameters (NAdamW)
+        *,
+        foreach: bool | None = None,  # flat buffers (None: for large groups)
+        fused: bool | None = None,  # compiled loops (needs numba)
+        maximize: bool = False,  # ascend instead of descend
+    ):
+        validate_lr(lr)
+        validate_eps(eps)
+        validate_betas(betas)
+        validate_weight_decay(weight_decay)
         if not 0.0 <= momentum_decay:
             raise ValueError(f"Invalid momentum_decay value: {momentum_decay}")
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        momentum_decay=momentum_decay,
-                        decoupled_weight_decay=decoupled_weight_decay,
-                        maximize=maximize, foreach=foreach, fused=fused)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum_decay=momentum_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+        )
         super().__init__(params, defaults)
         validate_fused(foreach, fused)
 
-    def load_state_dict(self,
-                        state_dict:dict, # as returned by `state_dict()`
-                       ):
+    def load_state_dict(
+        self,
+        state_dict: dict,  # as returned by `state_dict()`
+    ):
         "Load a state dict; `mu_product` stays float32, as when it was created."
         super().load_state_dict(state_dict)
         for state in self.state.values():
-            if 'mu_product' in state:
-                mu = np.asarray(state['mu_product'], np.float32)
-                state['mu_product'] = mu.copy()
+            if "mu_product" in state:
+                mu = np.asarray(state["mu_product"], np.float32)
+                state["mu_product"] = mu.copy()
 
     def _state_keys(self, group):
         "The state arrays shaped like a parameter (`mu_product`, `step`: 0-d)."
-        return ('exp_avg', 'exp_avg_sq')
+        return ("exp_avg", "exp_avg_sq")
 
     def _group_state(self, p, group):
         "The state of `p`, created at its first step; `mu_product` = 1."
         state = self.state[p]
         if not state:
             super()._group_state(p, group)
-            state['mu_product'] = np.ones((), np.float32)  # as PyTorch keeps it
+            state["mu_product"] = np.ones(
+                (), np.float32
+            )  # as PyTorch keeps it
         return state
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `nadam` on the arrays of a group and their state dicts."
-        beta1, beta2 = group['betas']
-        nadam(params, grads, [s['exp_avg'] for s in states],
-              [s['exp_avg_sq'] for s in states], [s['mu_product'] for s in states],
-              [s['step'] for s in states], beta1=beta1, beta2=beta2, lr=group['lr'],
-              weight_decay=group['weight_decay'],
-              momentum_decay=group['momentum_decay'], eps=group['eps'],
-              decoupled_weight_decay=group['decoupled_weight_decay'],
-              maximize=group['maximize'], apply=apply)
+        beta1, beta2 = group["betas"]
+        nadam(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["mu_product"] for s in states],
+            [s["step"] for s in states],
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            momentum_decay=group["momentum_decay"],
+            eps=group["eps"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            maximize=group["maximize"],
+            apply=apply,
+        )

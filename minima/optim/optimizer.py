@@ -16,172 +16,268 @@ __all__ = ['is_parameter', 'lerp', 'scalars_in_dtype', 'elementwise', 'Optimizer
 # %% ../../nbs/03_optimizer.ipynb #ee8278f9
 def is_parameter(obj) -> bool:
     "True when `obj` follows the parameter protocol: an ndarray `.data` and a `.grad` attribute."
-    return isinstance(getattr(obj, 'data', None), np.ndarray) and hasattr(obj, 'grad')
+    return isinstance(getattr(obj, "data", None), np.ndarray) and hasattr(
+        obj, "grad"
+    )
+
 
 def _type_name(obj) -> str:
     t = type(obj)
-    return t.__qualname__ if t.__module__ == 'builtins' else f'{t.__module__}.{t.__qualname__}'
+    return (
+        t.__qualname__
+        if t.__module__ == "builtins"
+        else f"{t.__module__}.{t.__qualname__}"
+    )
 
 # %% ../../nbs/03_optimizer.ipynb #3c621624
 def _as_group_list(params) -> list:
     "The `params` argument as a list of groups: a plain iterable of parameters becomes one group."
-    if is_parameter(params) or isinstance(params, np.ndarray) or not hasattr(params, '__iter__'):
-        raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
-                        f"but got {_type_name(params)}")
+    if (
+        is_parameter(params)
+        or isinstance(params, np.ndarray)
+        or not hasattr(params, "__iter__")
+    ):
+        raise TypeError(
+            "params argument given to the optimizer should be an iterable of Tensors or dicts, "
+            f"but got {_type_name(params)}"
+        )
     groups = list(params)
-    if not groups: raise ValueError("optimizer got an empty parameter list")
-    return groups if isinstance(groups[0], dict) else [{'params': groups}]
+    if not groups:
+        raise ValueError("optimizer got an empty parameter list")
+    return groups if isinstance(groups[0], dict) else [{"params": groups}]
+
 
 def _checked_group(param_group, defaults: dict) -> dict:
     "A new group dict: `params` as a list of checked parameters, missing hyper-parameters from `defaults`."
-    if not isinstance(param_group, dict): raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
-    if 'params' not in param_group: raise KeyError('params')   # PyTorch's error: it reads param_group['params']
-    params = param_group['params']
+    if not isinstance(param_group, dict):
+        raise TypeError(
+            f"param_group must be a dict, but got {type(param_group)}"
+        )
+    if "params" not in param_group:
+        raise KeyError(
+            "params"
+        )  # PyTorch's error: it reads param_group['params']
+    params = param_group["params"]
     if isinstance(params, (set, frozenset)):
-        raise TypeError("optimizer parameters need to be organized in ordered collections, but the ordering of "
-                        "tensors in sets will change between runs. Please use a list instead.")
+        raise TypeError(
+            "optimizer parameters need to be organized in ordered collections, but the ordering of "
+            "tensors in sets will change between runs. Please use a list instead."
+        )
     params = [params] if is_parameter(params) else list(params)
     for p in params:
         if not is_parameter(p):
-            raise TypeError(f"optimizer can only optimize Tensors, but one of the params is {_type_name(p)}")
-    group = {**param_group, 'params': params}
-    for name, value in defaults.items(): group.setdefault(name, value)
+            raise TypeError(
+                f"optimizer can only optimize Tensors, but one of the params is {_type_name(p)}"
+            )
+    group = {**param_group, "params": params}
+    for name, value in defaults.items():
+        group.setdefault(name, value)
     if len({id(p) for p in params}) != len(params):
-        warnings.warn("optimizer contains a parameter group with duplicate parameters; in future, this will "
-                      "cause an error; see github.com/pytorch/pytorch/issues/40967 for more information", stacklevel=3)
+        warnings.warn(
+            "optimizer contains a parameter group with duplicate parameters; in future, this will "
+            "cause an error; see github.com/pytorch/pytorch/issues/40967 for more information",
+            stacklevel=3,
+        )
     return group
 
 # %% ../../nbs/03_optimizer.ipynb #5dbc9955
 def _cast_state(value, param, key=None):
     "A deep copy of a loaded state value; arrays take the dtype of a floating `param`, except `'step'`."
     if isinstance(value, np.ndarray):
-        if key != 'step' and np.issubdtype(param.data.dtype, np.floating): return value.astype(param.data.dtype)
+        if key != "step" and np.issubdtype(param.data.dtype, np.floating):
+            return value.astype(param.data.dtype)
         return value.copy()
-    if isinstance(value, dict): return {k: _cast_state(v, param, k) for k, v in value.items()}
-    if isinstance(value, (list, tuple)): return type(value)(_cast_state(v, param) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast_state(v, param, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_state(v, param) for v in value)
     return copy.deepcopy(value)
+
 
 def _check_loadable(groups: list, saved_groups: list):
     "Refuse a state dict whose groups do not line up with ours (PyTorch's messages)."
     if len(groups) != len(saved_groups):
-        raise ValueError("loaded state dict has a different number of parameter groups")
-    if any(len(g['params']) != len(s['params']) for g, s in zip(groups, saved_groups)):
-        raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+        raise ValueError(
+            "loaded state dict has a different number of parameter groups"
+        )
+    if any(
+        len(g["params"]) != len(s["params"])
+        for g, s in zip(groups, saved_groups)
+    ):
+        raise ValueError(
+            "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+        )
 
 # %% ../../nbs/03_optimizer.ipynb #4fe4de43
 class _HookHandle:
     "Returned by `register_step_*_hook`: `.remove()` unregisters the hook."
+
     _ids = itertools.count()
-    def __init__(self, hooks: OrderedDict): self.hooks, self.id = hooks, next(self._ids)
-    def remove(self): self.hooks.pop(self.id, None)
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.remove()
+
+    def __init__(self, hooks: OrderedDict):
+        self.hooks, self.id = hooks, next(self._ids)
+
+    def remove(self):
+        self.hooks.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
 
 def _with_step_hooks(step):
     "Wrap an optimizer's `step` so that its pre and post hooks run around it."
-    if getattr(step, '_runs_hooks', False): return step
+    if getattr(step, "_runs_hooks", False):
+        return step
+
     @functools.wraps(step)
     def hooked_step(*args, **kwargs):
         self = args[0]
-        if getattr(self, '_in_step', False): return step(*args, **kwargs)  # a super().step() call
+        if getattr(self, "_in_step", False):
+            return step(*args, **kwargs)  # a super().step() call
         for hook in list(self._step_pre_hooks.values()):
             result = hook(self, args, kwargs)
             if result is not None:
                 if not (isinstance(result, tuple) and len(result) == 2):
-                    raise RuntimeError(f"{step} must return None or a tuple of (new_args, new_kwargs), but got {result}.")
+                    raise RuntimeError(
+                        f"{step} must return None or a tuple of (new_args, new_kwargs), but got {result}."
+                    )
                 args, kwargs = result
         self._in_step = True
-        try: out = step(*args, **kwargs)
-        finally: self._in_step = False
-        for hook in list(self._step_post_hooks.values()): hook(self, args, kwargs)
+        try:
+            out = step(*args, **kwargs)
+        finally:
+            self._in_step = False
+        for hook in list(self._step_post_hooks.values()):
+            hook(self, args, kwargs)
         return out
+
     hooked_step._runs_hooks = True
     return hooked_step
 
 # %% ../../nbs/03_optimizer.ipynb #b99e4037
-def lerp(start, # the running value (updated in place when it is an array and `weight < 1/2`)
-         end, # the value to move towards
-         weight, # fraction of the way from `start` to `end`
-         one, # the number 1, in the dtype of `weight` and the arrays
-        ):
+def lerp(
+    start,  # the running value (updated in place when it is an array and `weight < 1/2`)
+    end,  # the value to move towards
+    weight,  # fraction of the way from `start` to `end`
+    one,  # the number 1, in the dtype of `weight` and the arrays
+):
     "PyTorch's `lerp`: `start + weight * (end - start)` below weight 1/2, else `end - (end - start) * (1 - weight)`."
     if abs(weight) < 0.5:
         start += weight * (end - start)
         return start
-    return end - (end - start) * (one - weight)   # 1 - weight in the arrays' dtype, as PyTorch
+    return end - (end - start) * (
+        one - weight
+    )  # 1 - weight in the arrays' dtype, as PyTorch
 
-def scalars_in_dtype(c:tuple, # a step's constants (a named tuple of numbers and flags)
-                     dtype, # the dtype of the arrays they meet
-                    ) -> tuple:
+
+def scalars_in_dtype(
+    c: tuple,  # a step's constants (a named tuple of numbers and flags)
+    dtype,  # the dtype of the arrays they meet
+) -> tuple:
     "`c` with every number in `dtype` (flags stay bool): float32 arrays are updated in float32 arithmetic."
     number = np.dtype(dtype).type
-    return type(c)(*(v if isinstance(v, (bool, np.bool_)) else number(v) for v in c))
+    return type(c)(
+        *(v if isinstance(v, (bool, np.bool_)) else number(v) for v in c)
+    )
 
-def elementwise(rule, # `rule(c, param, grad, *states)` returning `(param, *states)`
-                c:tuple, # this step's constants
-                param:np.ndarray, # updated in place
-                grad:np.ndarray, # read only
-                *states, # state arrays, updated in place (None for a state the options leave out)
-               ):
+
+def elementwise(
+    rule,  # `rule(c, param, grad, *states)` returning `(param, *states)`
+    c: tuple,  # this step's constants
+    param: np.ndarray,  # updated in place
+    grad: np.ndarray,  # read only
+    *states,  # state arrays, updated in place (None for a state the options leave out)
+):
     "Apply `rule` to whole arrays, NumPy broadcasting each operation; write back results that are new arrays."
     new = rule(scalars_in_dtype(c, param.dtype), param, grad, *states)
     for array, value in zip((param, *states), new):
-        if array is not None and value is not array: array[...] = value
+        if array is not None and value is not array:
+            array[...] = value
 
 # %% ../../nbs/03_optimizer.ipynb #346af861
 class Optimizer:
     "Base class of all optimizers: parameter groups, per-parameter state, saving and hooks (PyTorch's API)."
-    def __init__(self,
-                 params, # an iterable of parameters, or of dicts defining parameter groups
-                 defaults:dict, # hyper-parameters used by groups that do not set them
-                ):
+
+    def __init__(
+        self,
+        params,  # an iterable of parameters, or of dicts defining parameter groups
+        defaults: dict,  # hyper-parameters used by groups that do not set them
+    ):
         groups = _as_group_list(params)
         self.defaults = dict(defaults)
-        self.state = defaultdict(dict)   # parameter -> its state (keyed by identity)
+        self.state = defaultdict(
+            dict
+        )  # parameter -> its state (keyed by identity)
         self.param_groups = []
-        self._step_pre_hooks, self._step_post_hooks = OrderedDict(), OrderedDict()
+        self._step_pre_hooks, self._step_post_hooks = (
+            OrderedDict(),
+            OrderedDict(),
+        )
         self._in_step = False
-        for group in groups: self.add_param_group(group)
+        for group in groups:
+            self.add_param_group(group)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if 'step' in cls.__dict__: cls.step = _with_step_hooks(cls.__dict__['step'])
+        if "step" in cls.__dict__:
+            cls.step = _with_step_hooks(cls.__dict__["step"])
 
-    def add_param_group(self,
-                        param_group:dict, # `{'params': [...], **hyper_parameters}`
-                       ):
+    def add_param_group(
+        self,
+        param_group: dict,  # `{'params': [...], **hyper_parameters}`
+    ):
         "Add a group of parameters, e.g. layers unfrozen during fine-tuning."
         group = _checked_group(param_group, self.defaults)
-        seen = {id(p) for g in self.param_groups for p in g['params']}
-        if any(id(p) in seen for p in group['params']):
-            raise ValueError("some parameters appear in more than one parameter group")
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in seen for p in group["params"]):
+            raise ValueError(
+                "some parameters appear in more than one parameter group"
+            )
         self.param_groups.append(group)
 
-    def zero_grad(self,
-                  set_to_none:bool=True, # drop the gradient arrays instead of filling them with zeros
-                 ):
+    def zero_grad(
+        self,
+        set_to_none: bool = True,  # drop the gradient arrays instead of filling them with zeros
+    ):
         "Reset the gradients of all parameters."
         for group in self.param_groups:
-            for p in group['params']:
-                if p.grad is None: continue
-                if set_to_none: p.grad = None
-                else: p.grad[...] = 0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad[...] = 0
 
     def step(self, closure=None):
         "Update every group once; `closure` re-evaluates the model and returns its loss, which `step` returns."
         loss = None if closure is None else closure()
         fast_step = _fast_step_for(type(self))
         for group in self.param_groups:
-            if fast_step is None: self._step_tensors(group)
-            else: fast_step(self, group)   # minima.fast: flat buffers or compiled loops (chapter 14)
+            if fast_step is None:
+                self._step_tensors(group)
+            else:
+                fast_step(
+                    self, group
+                )  # minima.fast: flat buffers or compiled loops (chapter 14)
         return loss
 
     def _step_tensors(self, group, apply=elementwise):
         "The reference path: the kernel on the parameters of `group` that have a gradient, one array each."
-        params = [p for p in group['params'] if p.grad is not None]
-        if not params: return
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
         states = [self._group_state(p, group) for p in params]
-        self._update(group, [p.data for p in params], [p.grad for p in params], states, apply)
+        self._update(
+            group,
+            [p.data for p in params],
+            [p.grad for p in params],
+            states,
+            apply,
+        )
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call the kernel on lists of arrays and their state dicts; subclasses implement it."
@@ -195,35 +291,50 @@ class Optimizer:
         "The state of `p`, created at its first step: a 0-d step counter and zeros for each of `_state_keys(group)`."
         state = self.state[p]
         if not state:
-            state['step'] = np.zeros((), np.float64)
-            for key in self._state_keys(group): state[key] = np.zeros_like(p.data)
+            state["step"] = np.zeros((), np.float64)
+            for key in self._state_keys(group):
+                state[key] = np.zeros_like(p.data)
         return state
 
     def state_dict(self) -> dict:
         "The state and the groups as plain data, parameters replaced by their index (PyTorch's layout)."
         index, packed_groups = {}, []
         for group in self.param_groups:
-            packed = copy.deepcopy({k: v for k, v in group.items() if k != 'params'})
-            for p in group['params']: index.setdefault(id(p), len(index))
-            packed['params'] = [index[id(p)] for p in group['params']]
+            packed = copy.deepcopy(
+                {k: v for k, v in group.items() if k != "params"}
+            )
+            for p in group["params"]:
+                index.setdefault(id(p), len(index))
+            packed["params"] = [index[id(p)] for p in group["params"]]
             packed_groups.append(packed)
-        state = {index.get(id(p), p): copy.deepcopy(s) for p, s in self.state.items()}
-        return {'state': state, 'param_groups': packed_groups}
+        state = {
+            index.get(id(p), p): copy.deepcopy(s)
+            for p, s in self.state.items()
+        }
+        return {"state": state, "param_groups": packed_groups}
 
-    def load_state_dict(self,
-                        state_dict:dict, # as returned by `state_dict()`
-                       ):
+    def load_state_dict(
+        self,
+        state_dict: dict,  # as returned by `state_dict()`
+    ):
         "Load state and hyper-parameters saved by `state_dict()` into this optimizer's parameters."
-        saved_groups = copy.deepcopy(state_dict['param_groups'])
+        saved_groups = copy.deepcopy(state_dict["param_groups"])
         _check_loadable(self.param_groups, saved_groups)
-        params_by_index = {i: p for s, g in zip(saved_groups, self.param_groups) for i, p in zip(s['params'], g['params'])}
+        params_by_index = {
+            i: p
+            for s, g in zip(saved_groups, self.param_groups)
+            for i, p in zip(s["params"], g["params"])
+        }
         state = defaultdict(dict)
-        for k, v in state_dict['state'].items():
-            if k in params_by_index: state[params_by_index[k]] = _cast_state(v, params_by_index[k])
-            else: state[k] = copy.deepcopy(v)
+        for k, v in state_dict["state"].items():
+            if k in params_by_index:
+                state[params_by_index[k]] = _cast_state(v, params_by_index[k])
+            else:
+                state[k] = copy.deepcopy(v)
         for saved, group in zip(saved_groups, self.param_groups):
-            saved['params'] = group['params']
-            for name, value in self.defaults.items(): saved.setdefault(name, value)  # dicts from older versions
+            saved["params"] = group["params"]
+            for name, value in self.defaults.items():
+                saved.setdefault(name, value)  # dicts from older versions
         self.state, self.param_groups = state, saved_groups
 
     def register_step_pre_hook(self, hook) -> _HookHandle:
@@ -242,65 +353,91 @@ class Optimizer:
         lines = [f"{type(self).__name__} ("]
         for i, group in enumerate(self.param_groups):
             lines.append(f"Parameter Group {i}")
-            lines += [f"    {k}: {group[k]}" for k in sorted(group) if k != 'params']
+            lines += [
+                f"    {k}: {group[k]}" for k in sorted(group) if k != "params"
+            ]
         return "\n".join(lines) + "\n)"
 
-Optimizer.step = _with_step_hooks(Optimizer.step)   # subclasses that define their own are wrapped as defined
+
+Optimizer.step = _with_step_hooks(
+    Optimizer.step
+)  # subclasses that define their own are wrapped as defined
 
 # %% ../../nbs/03_optimizer.ipynb #83b5a6a3
 def validate_lr(lr):
     "Raise `ValueError` unless `lr >= 0`."
-    if not 0.0 <= lr: raise ValueError(f"Invalid learning rate: {lr}")
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+
 
 def validate_momentum(momentum):
     "Raise `ValueError` unless `momentum >= 0`."
-    if not 0.0 <= momentum: raise ValueError(f"Invalid momentum value: {momentum}")
+    if not 0.0 <= momentum:
+        raise ValueError(f"Invalid momentum value: {momentum}")
+
 
 def validate_weight_decay(weight_decay):
     "Raise `ValueError` unless `weight_decay >= 0`."
-    if not 0.0 <= weight_decay: raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
 
 def validate_eps(eps):
     "Raise `ValueError` unless `eps >= 0`."
-    if not 0.0 <= eps: raise ValueError(f"Invalid epsilon value: {eps}")
+    if not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+
 
 def validate_betas(betas):
     "Raise `ValueError` unless both betas lie in [0, 1)."
     for i, beta in enumerate(betas[:2]):
-        if not 0.0 <= beta < 1.0: raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+
 
 def validate_fused(foreach, fused):
     "Raise PyTorch's `RuntimeError` when `foreach` and `fused` are both True."
-    if fused and foreach: raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+    if fused and foreach:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
 # %% ../../nbs/03_optimizer.ipynb #8f6ef5c5
-def params_with_grad(group:dict # a parameter group
-                    ) -> list:
+def params_with_grad(
+    group: dict,  # a parameter group
+) -> list:
     "The parameters of `group` whose `.grad` is not None, in order."
-    return [p for p in group['params'] if p.grad is not None]
+    return [p for p in group["params"] if p.grad is not None]
 
 # %% ../../nbs/03_optimizer.ipynb #b5d1ce66
-_FAST_STEPS = {}   # optimizer class -> its fast step; filled by minima.fast, which this module never imports
+_FAST_STEPS = {}  # optimizer class -> its fast step; filled by minima.fast, which this module never imports
 
-def register_fast_step(cls:type, # an optimizer class whose `_update` takes `apply`
-                       fast_step, # `fast_step(optimizer, group)`: flat buffers or compiled loops (chapter 14)
-                      ):
+
+def register_fast_step(
+    cls: type,  # an optimizer class whose `_update` takes `apply`
+    fast_step,  # `fast_step(optimizer, group)`: flat buffers or compiled loops (chapter 14)
+):
     "Let `cls` (and its subclasses) step its groups with `fast_step` unless a group asks `foreach=False`."
     _FAST_STEPS[cls] = fast_step
 
+
 def _fast_step_for(cls):
     "The fast step registered for `cls` or the nearest parent class, else None (then the reference runs)."
-    return next((_FAST_STEPS[k] for k in cls.__mro__ if k in _FAST_STEPS), None)
+    return next(
+        (_FAST_STEPS[k] for k in cls.__mro__ if k in _FAST_STEPS), None
+    )
 
 # %% ../../nbs/03_optimizer.ipynb #ad1dd4a6
-def param_groups_no_decay(named_parameters, # an iterable of `(name, parameter)`, e.g. `model.named_parameters()`
-                          weight_decay:float, # weight decay of the matrices and other >=2-d weights
-                          skip=('bias', 'norm'), # name fragments that are never decayed
-                         ) -> list:
+def param_groups_no_decay(
+    named_parameters,  # an iterable of `(name, parameter)`, e.g. `model.named_parameters()`
+    weight_decay: float,  # weight decay of the matrices and other >=2-d weights
+    skip=("bias", "norm"),  # name fragments that are never decayed
+) -> list:
     "Two parameter groups: decayed weights, and biases, norm scales and other 1-d parameters with no decay."
     decay, no_decay = [], []
     for name, p in named_parameters:
         undecayed = p.data.ndim <= 1 or any(s in name.lower() for s in skip)
         (no_decay if undecayed else decay).append(p)
-    groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
-    return [g for g in groups if g['params']]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]

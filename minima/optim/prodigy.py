@@ -13,48 +13,72 @@ from .optimizer import Optimizer
 __all__ = ['ProdigyConstants', 'prodigy_constants', 'prodigy_moments', 'prodigy_distance', 'prodigy_update', 'Prodigy']
 
 # %% ../../nbs/15c_prodigy.ipynb #4b3903c9
-ProdigyConstants = namedtuple('ProdigyConstants', [
-    'beta1', 'beta2', 'beta3', 'd', 'dlr', 'd_numerator', 'm_weight',
-    'v_weight'])
+ProdigyConstants = namedtuple(
+    "ProdigyConstants",
+    [
+        "beta1",
+        "beta2",
+        "beta3",
+        "d",
+        "dlr",
+        "d_numerator",
+        "m_weight",
+        "v_weight",
+    ],
+)
 
-def prodigy_constants(d:float, # the current estimate of the distance
-                      k:int, # steps taken so far (the group's `k`)
-                      d_numerator:float, # last step's numerator r
-                      *,
-                      lr:float, # the largest lr of the groups
-                      betas:tuple, # decay rates of m and v
-                      beta3:float|None, # decay rate of r and s; None: sqrt(beta2)
-                      use_bias_correction:bool, # Adam's correction in the step
-                     ) -> ProdigyConstants:
+
+def prodigy_constants(
+    d: float,  # the current estimate of the distance
+    k: int,  # steps taken so far (the group's `k`)
+    d_numerator: float,  # last step's numerator r
+    *,
+    lr: float,  # the largest lr of the groups
+    betas: tuple,  # decay rates of m and v
+    beta3: float | None,  # decay rate of r and s; None: sqrt(beta2)
+    use_bias_correction: bool,  # Adam's correction in the step
+) -> ProdigyConstants:
     "This step's numbers: beta3, the step size d*lr and the decayed numerator."
     beta1, beta2 = betas
-    if beta3 is None: beta3 = math.sqrt(beta2)
+    if beta3 is None:
+        beta3 = math.sqrt(beta2)
     bias_correction = 1
     if use_bias_correction:
-        bias_correction = (1 - beta2**(k + 1))**0.5 / (1 - beta1**(k + 1))
-    return ProdigyConstants(beta1, beta2, beta3, d, d * lr * bias_correction,
-                            d_numerator * beta3, d * (1 - beta1),
-                            d * d * (1 - beta2))
+        bias_correction = (1 - beta2 ** (k + 1)) ** 0.5 / (
+            1 - beta1 ** (k + 1)
+        )
+    return ProdigyConstants(
+        beta1,
+        beta2,
+        beta3,
+        d,
+        d * lr * bias_correction,
+        d_numerator * beta3,
+        d * (1 - beta1),
+        d * d * (1 - beta2),
+    )
 
 # %% ../../nbs/15c_prodigy.ipynb #6a36f43a
-def prodigy_moments(params:list, # parameter arrays (read only)
-                    grads:list, # their gradients, decay added (read only)
-                    exp_avgs:list, # first moments m (None when beta1 = 0)
-                    exp_avg_sqs:list, # second moments v, updated in place
-                    ss:list, # sliced sums s of the gradients, in place
-                    p0s:list, # sliced starting points (0-d zero if all 0)
-                    c:ProdigyConstants, # this step's numbers
-                    sums:tuple=(0.0, 0.0), # numerator and denominator so far
-                    *,
-                    d0:float, # the group's first estimate (scales r and s)
-                    safeguard_warmup:bool, # weight s by d instead of d*lr
-                    slice_p:int, # use every slice_p-th entry for r and s
-                   ) -> tuple:
+def prodigy_moments(
+    params: list,  # parameter arrays (read only)
+    grads: list,  # their gradients, decay added (read only)
+    exp_avgs: list,  # first moments m (None when beta1 = 0)
+    exp_avg_sqs: list,  # second moments v, updated in place
+    ss: list,  # sliced sums s of the gradients, in place
+    p0s: list,  # sliced starting points (0-d zero if all 0)
+    c: ProdigyConstants,  # this step's numbers
+    sums: tuple = (0.0, 0.0),  # numerator and denominator so far
+    *,
+    d0: float,  # the group's first estimate (scales r and s)
+    safeguard_warmup: bool,  # weight s by d instead of d*lr
+    slice_p: int,  # use every slice_p-th entry for r and s
+) -> tuple:
     "Update m, v and s of one group; add its terms to the sums of d's estimate."
     numerator, denominator = sums
     scale = c.d / d0
     for param, grad, exp_avg, exp_avg_sq, s, p0 in zip(
-            params, grads, exp_avgs, exp_avg_sqs, ss, p0s):
+        params, grads, exp_avgs, exp_avg_sqs, ss, p0s
+    ):
         g = grad.reshape(-1)[::slice_p]
         x = param.reshape(-1)[::slice_p]
         numerator += scale * c.dlr * float(np.dot(g, p0 - x))
@@ -69,92 +93,145 @@ def prodigy_moments(params:list, # parameter arrays (read only)
     return numerator, denominator
 
 # %% ../../nbs/15c_prodigy.ipynb #eed78535
-def prodigy_distance(d:float, # the current estimate
-                     d_max:float, # the largest estimate so far
-                     numerator:float, # r
-                     denominator:float, # the sum of |s| over all parameters
-                     *,
-                     d0:float, # the first estimate: d jumps from it at once
-                     d_coef:float, # multiplies the estimate d_hat
-                     growth_rate:float, # largest factor of d per step after
-                    ) -> tuple:
+def prodigy_distance(
+    d: float,  # the current estimate
+    d_max: float,  # the largest estimate so far
+    numerator: float,  # r
+    denominator: float,  # the sum of |s| over all parameters
+    *,
+    d0: float,  # the first estimate: d jumps from it at once
+    d_coef: float,  # multiplies the estimate d_hat
+    growth_rate: float,  # largest factor of d per step after
+) -> tuple:
     "The new estimate of the distance: `(d, d_max, d_hat)`."
     d_hat = d_coef * numerator / denominator
-    if d == d0: d = max(d, d_hat)
+    if d == d0:
+        d = max(d, d_hat)
     d_max = max(d_max, d_hat)
     return min(d_max, d * growth_rate), d_max, d_hat
 
 # %% ../../nbs/15c_prodigy.ipynb #67bb29bb
-def prodigy_update(params:list, # parameter arrays, updated in place
-                   grads:list, # their gradients, decay added (read only)
-                   exp_avgs:list, # first moments m (None when beta1 = 0)
-                   exp_avg_sqs:list, # second moments v (read only)
-                   c:ProdigyConstants, # this step's numbers
-                   *,
-                   d:float, # the new estimate of the distance
-                   eps:float, # added to sqrt(v), times d
-                   weight_decay:float, # decay (decoupled) or L2 (in `grads`)
-                   decouple:bool, # shrink the parameters by lr*d*weight_decay
-                  ):
+def prodigy_update(
+    params: list,  # parameter arrays, updated in place
+    grads: list,  # their gradients, decay added (read only)
+    exp_avgs: list,  # first moments m (None when beta1 = 0)
+    exp_avg_sqs: list,  # second moments v (read only)
+    c: ProdigyConstants,  # this step's numbers
+    *,
+    d: float,  # the new estimate of the distance
+    eps: float,  # added to sqrt(v), times d
+    weight_decay: float,  # decay (decoupled) or L2 (in `grads`)
+    decouple: bool,  # shrink the parameters by lr*d*weight_decay
+):
     "Adam's step with the step size d*lr and eps scaled by the new d."
     for param, grad, exp_avg, exp_avg_sq in zip(
-            params, grads, exp_avgs, exp_avg_sqs):
+        params, grads, exp_avgs, exp_avg_sqs
+    ):
         denom = np.sqrt(exp_avg_sq) + d * eps
         if weight_decay != 0 and decouple:
             param += param * (-weight_decay * c.dlr)
-        if exp_avg is not None: param += -c.dlr * exp_avg / denom
-        else: param += -c.dlr * d * grad / denom
+        if exp_avg is not None:
+            param += -c.dlr * exp_avg / denom
+        else:
+            param += -c.dlr * d * grad / denom
 
 # %% ../../nbs/15c_prodigy.ipynb #7565152c
-def _validate(lr, betas, beta3, eps, weight_decay, d0, d_coef, growth_rate,
-              fsdp_in_use, slice_p):
+def _validate(
+    lr,
+    betas,
+    beta3,
+    eps,
+    weight_decay,
+    d0,
+    d_coef,
+    growth_rate,
+    fsdp_in_use,
+    slice_p,
+):
     "prodigyopt's checks and messages first, then the values it lets through."
-    if not 0.0 < d0: raise ValueError(f"Invalid d0 value: {d0}")
-    if not 0.0 < lr: raise ValueError(f"Invalid learning rate: {lr}")
-    if not 0.0 < eps: raise ValueError(f"Invalid epsilon value: {eps}")
+    if not 0.0 < d0:
+        raise ValueError(f"Invalid d0 value: {d0}")
+    if not 0.0 < lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not 0.0 < eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
     for i in (0, 1):
         if not 0.0 <= betas[i] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
+            raise ValueError(
+                f"Invalid beta parameter at index {i}: {betas[i]}"
+            )
     if beta3 is not None and not 0.0 <= beta3 < 1.0:
         raise ValueError(f"Invalid beta3 value: {beta3} (None or in [0, 1))")
     if not 0.0 <= weight_decay:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-    if not 0.0 < d_coef: raise ValueError(f"Invalid d_coef value: {d_coef}")
+    if not 0.0 < d_coef:
+        raise ValueError(f"Invalid d_coef value: {d_coef}")
     if not 1.0 <= growth_rate:
         raise ValueError(f"Invalid growth_rate value: {growth_rate} (>= 1)")
     if fsdp_in_use:
-        raise ValueError("fsdp_in_use=True is not supported: minima has no "
-                         "sharded parameters")
-    if isinstance(slice_p, bool) or not isinstance(slice_p, int) or slice_p < 1:
+        raise ValueError(
+            "fsdp_in_use=True is not supported: minima has no "
+            "sharded parameters"
+        )
+    if (
+        isinstance(slice_p, bool)
+        or not isinstance(slice_p, int)
+        or slice_p < 1
+    ):
         raise ValueError(f"Invalid slice_p value: {slice_p} (an int >= 1)")
+
 
 class Prodigy(Optimizer):
     "Prodigy (Mishchenko & Defazio, 2023): Adam whose step size d*lr is learned."
-    def __init__(self,
-                 params, # iterable of parameters or of dicts defining groups
-                 lr:float=1.0, # multiplies the learned step size d
-                 betas:tuple=(0.9, 0.999), # decay rates of m and v
-                 beta3:float|None=None, # decay rate of r and s (sqrt(beta2))
-                 eps:float=1e-8, # added to sqrt(v), scaled by d
-                 weight_decay:float=0, # decay (decoupled) or L2 penalty
-                 decouple:bool=True, # AdamW's decay instead of an L2 penalty
-                 use_bias_correction:bool=False, # Adam's bias correction
-                 safeguard_warmup:bool=False, # leave lr out of s
-                 d0:float=1e-6, # the first estimate of the distance
-                 d_coef:float=1.0, # multiplies every estimate d_hat
-                 growth_rate:float=float('inf'), # d grows at most this much
-                 fsdp_in_use:bool=False, # sharded parameters (refused)
-                 slice_p:int=1, # estimate from every slice_p-th entry
-                ):
-        _validate(lr, betas, beta3, eps, weight_decay, d0, d_coef,
-                  growth_rate, fsdp_in_use, slice_p)
-        defaults = dict(lr=lr, betas=betas, beta3=beta3, eps=eps,
-                        weight_decay=weight_decay, d=d0, d0=d0, d_max=d0,
-                        d_numerator=0.0, d_coef=d_coef, k=0,
-                        growth_rate=growth_rate,
-                        use_bias_correction=use_bias_correction,
-                        decouple=decouple, safeguard_warmup=safeguard_warmup,
-                        fsdp_in_use=fsdp_in_use, slice_p=slice_p)
+
+    def __init__(
+        self,
+        params,  # iterable of parameters or of dicts defining groups
+        lr: float = 1.0,  # multiplies the learned step size d
+        betas: tuple = (0.9, 0.999),  # decay rates of m and v
+        beta3: float | None = None,  # decay rate of r and s (sqrt(beta2))
+        eps: float = 1e-8,  # added to sqrt(v), scaled by d
+        weight_decay: float = 0,  # decay (decoupled) or L2 penalty
+        decouple: bool = True,  # AdamW's decay instead of an L2 penalty
+        use_bias_correction: bool = False,  # Adam's bias correction
+        safeguard_warmup: bool = False,  # leave lr out of s
+        d0: float = 1e-6,  # the first estimate of the distance
+        d_coef: float = 1.0,  # multiplies every estimate d_hat
+        growth_rate: float = float("inf"),  # d grows at most this much
+        fsdp_in_use: bool = False,  # sharded parameters (refused)
+        slice_p: int = 1,  # estimate from every slice_p-th entry
+    ):
+        _validate(
+            lr,
+            betas,
+            beta3,
+            eps,
+            weight_decay,
+            d0,
+            d_coef,
+            growth_rate,
+            fsdp_in_use,
+            slice_p,
+        )
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            beta3=beta3,
+            eps=eps,
+            weight_decay=weight_decay,
+            d=d0,
+            d0=d0,
+            d_max=d0,
+            d_numerator=0.0,
+            d_coef=d_coef,
+            k=0,
+            growth_rate=growth_rate,
+            use_bias_correction=use_bias_correction,
+            decouple=decouple,
+            safeguard_warmup=safeguard_warmup,
+            fsdp_in_use=fsdp_in_use,
+            slice_p=slice_p,
+        )
         self.d0 = d0
         super().__init__(params, defaults)
 
@@ -162,58 +239,105 @@ class Prodigy(Optimizer):
         "The state of `p`, created at its first gradient."
         state = self.state[p]
         if not state:
-            state['step'] = 0
-            x = p.data.reshape(-1)[::group['slice_p']]
-            state['s'] = np.zeros_like(x)
-            state['p0'] = x.copy() if p.data.any() else np.zeros((), x.dtype)
-            if beta1 > 0: state['exp_avg'] = np.zeros_like(p.data)
-            state['exp_avg_sq'] = np.zeros_like(p.data)
+            state["step"] = 0
+            x = p.data.reshape(-1)[:: group["slice_p"]]
+            state["s"] = np.zeros_like(x)
+            state["p0"] = x.copy() if p.data.any() else np.zeros((), x.dtype)
+            if beta1 > 0:
+                state["exp_avg"] = np.zeros_like(p.data)
+            state["exp_avg_sq"] = np.zeros_like(p.data)
         return state
 
     def _tensors(self, group, beta1, decouple):
         "Parameters with a gradient, their gradients (plus L2 decay), states."
-        params = [p for p in group['params'] if p.grad is not None]
-        grads, decay = [p.grad for p in params], group['weight_decay']
+        params = [p for p in group["params"] if p.grad is not None]
+        grads, decay = [p.grad for p in params], group["weight_decay"]
         if decay != 0 and not decouple:
             grads = [g + p.data * decay for g, p in zip(grads, params)]
         states = [self._state_of(p, group, beta1) for p in params]
-        return ([p.data for p in params], grads, states,
-                [s.get('exp_avg') for s in states],
-                [s['exp_avg_sq'] for s in states])
+        return (
+            [p.data for p in params],
+            grads,
+            states,
+            [s.get("exp_avg") for s in states],
+            [s["exp_avg_sq"] for s in states],
+        )
 
     def step(self, closure=None):
         "One step of every group, with one estimate of d for all of them."
         loss = None if closure is None else closure()
         groups, first = self.param_groups, self.param_groups[0]
-        lr = max(group['lr'] for group in groups)
-        if any(group['lr'] not in (lr, 0.0) for group in groups):
-            raise RuntimeError("Setting different lr values in different "
-                               "parameter groups is only supported for "
-                               "values of 0")
+        lr = max(group["lr"] for group in groups)
+        if any(group["lr"] not in (lr, 0.0) for group in groups):
+            raise RuntimeError(
+                "Setting different lr values in different "
+                "parameter groups is only supported for "
+                "values of 0"
+            )
         c = prodigy_constants(
-            first['d'], first['k'], first['d_numerator'], lr=lr,
-            betas=first['betas'], beta3=first['beta3'],
-            use_bias_correction=first['use_bias_correction'])
-        tensors = [self._tensors(g, c.beta1, first['decouple']) for g in groups]
+            first["d"],
+            first["k"],
+            first["d_numerator"],
+            lr=lr,
+            betas=first["betas"],
+            beta3=first["beta3"],
+            use_bias_correction=first["use_bias_correction"],
+        )
+        tensors = [
+            self._tensors(g, c.beta1, first["decouple"]) for g in groups
+        ]
         sums = (0.0, 0.0)
         for group, (params, grads, states, exp_avgs, exp_avg_sqs) in zip(
-                groups, tensors):
-            if group['lr'] > 0: sums = prodigy_moments(
-                params, grads, exp_avgs, exp_avg_sqs,
-                [s['s'] for s in states], [s['p0'] for s in states], c,
-                sums, d0=group['d0'], safeguard_warmup=group['safeguard_warmup'],
-                slice_p=group['slice_p'])
+            groups, tensors
+        ):
+            if group["lr"] > 0:
+                sums = prodigy_moments(
+                    params,
+                    grads,
+                    exp_avgs,
+                    exp_avg_sqs,
+                    [s["s"] for s in states],
+                    [s["p0"] for s in states],
+                    c,
+                    sums,
+                    d0=group["d0"],
+                    safeguard_warmup=group["safeguard_warmup"],
+                    slice_p=group["slice_p"],
+                )
         numerator, denominator = c.d_numerator + sums[0], sums[1]
-        if denominator == 0: return loss     # no gradient yet (or all zero)
+        if denominator == 0:
+            return loss  # no gradient yet (or all zero)
         d, d_max, d_hat = prodigy_distance(
-            c.d, first['d_max'], numerator, denominator, d0=groups[-1]['d0'],
-            d_coef=first['d_coef'], growth_rate=first['growth_rate'])
+            c.d,
+            first["d_max"],
+            numerator,
+            denominator,
+            d0=groups[-1]["d0"],
+            d_coef=first["d_coef"],
+            growth_rate=first["growth_rate"],
+        )
         for group, (params, grads, states, exp_avgs, exp_avg_sqs) in zip(
-                groups, tensors):
-            group.update(d_numerator=numerator, d_denom=denominator, d=d,
-                         d_max=d_max, d_hat=d_hat, k=group['k'] + 1)
-            for state in states: state['step'] += 1
-            prodigy_update(params, grads, exp_avgs, exp_avg_sqs, c, d=d,
-                           eps=group['eps'], weight_decay=group['weight_decay'],
-                           decouple=first['decouple'])
+            groups, tensors
+        ):
+            group.update(
+                d_numerator=numerator,
+                d_denom=denominator,
+                d=d,
+                d_max=d_max,
+                d_hat=d_hat,
+                k=group["k"] + 1,
+            )
+            for state in states:
+                state["step"] += 1
+            prodigy_update(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                c,
+                d=d,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                decouple=first["decouple"],
+            )
         return loss

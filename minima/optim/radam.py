@@ -13,40 +13,82 @@ from .optimizer import validate_betas, validate_eps
 from .optimizer import validate_lr, validate_weight_decay
 
 # %% ../../nbs/09_adam_variants.ipynb #ef79f045
-RAdamConstants = namedtuple('RAdamConstants', [
-    'maximize', 'decoupled', 'l2', 'decay', 'weight_decay', 'beta1_weight',
-    'beta2', 'one_minus_beta2', 'bias_correction1', 'lr',
-    'rectified', 'one', 'eps', 'bias_correction2_sqrt', 'rect'])
+RAdamConstants = namedtuple(
+    "RAdamConstants",
+    [
+        "maximize",
+        "decoupled",
+        "l2",
+        "decay",
+        "weight_decay",
+        "beta1_weight",
+        "beta2",
+        "one_minus_beta2",
+        "bias_correction1",
+        "lr",
+        "rectified",
+        "one",
+        "eps",
+        "bias_correction2_sqrt",
+        "rect",
+    ],
+)
 
-def radam_constants(step_t:np.ndarray, # the 0-d step counter, incremented in place
-                    *, beta1:float, beta2:float, lr:float, weight_decay:float,
-                    eps:float, decoupled_weight_decay:bool,
-                    maximize:bool, # as `radam`
-                   ) -> RAdamConstants:
+
+def radam_constants(
+    step_t: np.ndarray,  # the 0-d step counter, incremented in place
+    *,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    weight_decay: float,
+    eps: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,  # as `radam`
+) -> RAdamConstants:
     "Advance the step counter; this step's constants (rectification, corrections)."
     step_t += 1
     step = float(step_t)
-    bias_correction2 = 1 - beta2 ** step
+    bias_correction2 = 1 - beta2**step
     rho_inf = 2 / (1 - beta2) - 1
-    rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2
+    rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
     rectified = rho_t > 5.0
-    rect = 0.0   # unused below the threshold (the root may be of a negative number)
+    rect = 0.0  # unused below the threshold (the root may be of a negative number)
     if rectified:
-        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
-                / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        rect = (
+            (rho_t - 4)
+            * (rho_t - 2)
+            * rho_inf
+            / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        ) ** 0.5
     decay = weight_decay != 0
     return RAdamConstants(
-        maximize, decay and decoupled_weight_decay,
+        maximize,
+        decay and decoupled_weight_decay,
         decay and not decoupled_weight_decay,
-        1 - lr * weight_decay, weight_decay, 1 - beta1, beta2, 1 - beta2,
-        1 - beta1 ** step, lr, rectified, 1.0, eps, bias_correction2 ** 0.5, rect)
+        1 - lr * weight_decay,
+        weight_decay,
+        1 - beta1,
+        beta2,
+        1 - beta2,
+        1 - beta1**step,
+        lr,
+        rectified,
+        1.0,
+        eps,
+        bias_correction2**0.5,
+        rect,
+    )
 
 # %% ../../nbs/09_adam_variants.ipynb #78a5632e
 def radam_rule(c, param, grad, exp_avg, exp_avg_sq):
     "One step of RAdam on numbers or arrays, in PyTorch's order of operations."
-    if c.maximize: grad = -grad
-    if c.decoupled: param *= c.decay
-    if c.l2: grad = grad + param * c.weight_decay
+    if c.maximize:
+        grad = -grad
+    if c.decoupled:
+        param *= c.decay
+    if c.l2:
+        grad = grad + param * c.weight_decay
     exp_avg = lerp(exp_avg, grad, c.beta1_weight, c.one)
     exp_avg_sq *= c.beta2
     exp_avg_sq += grad * c.one_minus_beta2 * grad
@@ -59,62 +101,90 @@ def radam_rule(c, param, grad, exp_avg, exp_avg_sq):
         param -= bias_corrected_exp_avg * c.lr
     return param, exp_avg, exp_avg_sq
 
-def radam(params:list, # parameter arrays, updated in place
-          grads:list, # their gradients (not modified)
-          exp_avgs:list, # first moments m, updated in place
-          exp_avg_sqs:list, # second moments v, updated in place
-          state_steps:list, # 0-d float64 step counters, incremented in place
-          *,
-          beta1:float, # decay rate of m
-          beta2:float, # decay rate of v
-          lr:float, # learning rate
-          weight_decay:float, # L2 penalty, or decoupled decay
-          eps:float, # added to the uncorrected sqrt(v)
-          decoupled_weight_decay:bool, # shrink the parameters directly
-          maximize:bool, # ascend instead of descend
-          apply=elementwise, # how the rule meets the arrays
-         ):
+
+def radam(
+    params: list,  # parameter arrays, updated in place
+    grads: list,  # their gradients (not modified)
+    exp_avgs: list,  # first moments m, updated in place
+    exp_avg_sqs: list,  # second moments v, updated in place
+    state_steps: list,  # 0-d float64 step counters, incremented in place
+    *,
+    beta1: float,  # decay rate of m
+    beta2: float,  # decay rate of v
+    lr: float,  # learning rate
+    weight_decay: float,  # L2 penalty, or decoupled decay
+    eps: float,  # added to the uncorrected sqrt(v)
+    decoupled_weight_decay: bool,  # shrink the parameters directly
+    maximize: bool,  # ascend instead of descend
+    apply=elementwise,  # how the rule meets the arrays
+):
     "RAdam on lists of arrays, as `torch.optim.radam.radam`."
     for i, param in enumerate(params):
         c = radam_constants(
-            state_steps[i], beta1=beta1, beta2=beta2, lr=lr,
-            weight_decay=weight_decay, eps=eps,
-            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+            state_steps[i],
+            beta1=beta1,
+            beta2=beta2,
+            lr=lr,
+            weight_decay=weight_decay,
+            eps=eps,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+        )
         apply(radam_rule, c, param, grads[i], exp_avgs[i], exp_avg_sqs[i])
 
 # %% ../../nbs/09_adam_variants.ipynb #51d4c873
 class RAdam(Optimizer):
     "RAdam (Liu et al., 2020): Adam with a rectified, warming-up adaptive step."
-    def __init__(self,
-                 params, # parameters, or dicts defining parameter groups
-                 lr:float=1e-3, # learning rate
-                 betas:tuple=(0.9, 0.999), # decay rates of m and v
-                 eps:float=1e-8, # added to the uncorrected sqrt(v)
-                 weight_decay:float=0, # L2 penalty (or decoupled decay, see below)
-                 decoupled_weight_decay:bool=False, # shrink the parameters directly
-                 *,
-                 foreach:bool|None=None, # flat buffers (None: for large groups)
-                 fused:bool|None=None, # compiled loops (needs numba)
-                 maximize:bool=False, # ascend instead of descend
-                ):
-        validate_lr(lr); validate_eps(eps)
-        validate_betas(betas); validate_weight_decay(weight_decay)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        maximize=maximize, foreach=foreach, fused=fused,
-                        decoupled_weight_decay=decoupled_weight_decay)
+
+    def __init__(
+        self,
+        params,  # parameters, or dicts defining parameter groups
+        lr: float = 1e-3,  # learning rate
+        betas: tuple = (0.9, 0.999),  # decay rates of m and v
+        eps: float = 1e-8,  # added to the uncorrected sqrt(v)
+        weight_decay: float = 0,  # L2 penalty (or decoupled decay, see below)
+        decoupled_weight_decay: bool = False,  # shrink the parameters directly
+        *,
+        foreach: bool | None = None,  # flat buffers (None: for large groups)
+        fused: bool | None = None,  # compiled loops (needs numba)
+        maximize: bool = False,  # ascend instead of descend
+    ):
+        validate_lr(lr)
+        validate_eps(eps)
+        validate_betas(betas)
+        validate_weight_decay(weight_decay)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
         super().__init__(params, defaults)
         validate_fused(foreach, fused)
 
     def _state_keys(self, group):
         "The state arrays shaped like a parameter."
-        return ('exp_avg', 'exp_avg_sq')
+        return ("exp_avg", "exp_avg_sq")
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `radam` on the arrays of a group and their state dicts."
-        beta1, beta2 = group['betas']
-        radam(params, grads, [s['exp_avg'] for s in states],
-              [s['exp_avg_sq'] for s in states], [s['step'] for s in states],
-              beta1=beta1, beta2=beta2, lr=group['lr'],
-              weight_decay=group['weight_decay'], eps=group['eps'],
-              decoupled_weight_decay=group['decoupled_weight_decay'],
-              maximize=group['maximize'], apply=apply)
+        beta1, beta2 = group["betas"]
+        radam(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["step"] for s in states],
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            maximize=group["maximize"],
+            apply=apply,
+        )

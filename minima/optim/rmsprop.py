@@ -7,31 +7,70 @@ from __future__ import annotations
 from collections import namedtuple
 import numpy as np
 from .optimizer import Optimizer, elementwise, lerp
-from .optimizer import (validate_eps, validate_fused, validate_lr,
-                                    validate_momentum, validate_weight_decay)
+from minima.optim.optimizer import (
+    validate_eps,
+    validate_fused,
+    validate_lr,
+    validate_momentum,
+    validate_weight_decay,
+)
 
 # %% auto #0
 __all__ = ['RMSpropConstants', 'RMSProp', 'rmsprop_constants', 'rmsprop_rule', 'rmsprop', 'RMSprop']
 
 # %% ../../nbs/06_rmsprop.ipynb #2dca424a
-RMSpropConstants = namedtuple('RMSpropConstants', [
-    'maximize', 'l2', 'weight_decay', 'alpha', 'one_minus_alpha', 'centered', 'eps',
-    'momentum_on', 'momentum', 'lr', 'one'])
+RMSpropConstants = namedtuple(
+    "RMSpropConstants",
+    [
+        "maximize",
+        "l2",
+        "weight_decay",
+        "alpha",
+        "one_minus_alpha",
+        "centered",
+        "eps",
+        "momentum_on",
+        "momentum",
+        "lr",
+        "one",
+    ],
+)
 
-def rmsprop_constants(step_t:np.ndarray, # 0-d step counter, incremented in place
-                      *, lr:float, alpha:float, eps:float, weight_decay:float,
-                      momentum:float, centered:bool, maximize:bool, # as `rmsprop`
-                     ) -> RMSpropConstants:
+
+def rmsprop_constants(
+    step_t: np.ndarray,  # 0-d step counter, incremented in place
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,  # as `rmsprop`
+) -> RMSpropConstants:
     "Advance the step counter and gather this step's constants and flags."
     step_t += 1
-    return RMSpropConstants(maximize, weight_decay != 0, weight_decay, alpha,
-                            1 - alpha, centered, eps, momentum > 0, momentum, lr, 1.0)
+    return RMSpropConstants(
+        maximize,
+        weight_decay != 0,
+        weight_decay,
+        alpha,
+        1 - alpha,
+        centered,
+        eps,
+        momentum > 0,
+        momentum,
+        lr,
+        1.0,
+    )
 
 # %% ../../nbs/06_rmsprop.ipynb #dc9d46e1
 def rmsprop_rule(c, param, grad, square_avg, grad_avg, momentum_buffer):
     "One RMSprop step on numbers or arrays, in PyTorch's order of operations."
-    if c.maximize: grad = -grad
-    if c.l2: grad = grad + param * c.weight_decay
+    if c.maximize:
+        grad = -grad
+    if c.l2:
+        grad = grad + param * c.weight_decay
     square_avg *= c.alpha
     square_avg += grad * c.one_minus_alpha * grad
     if c.centered:
@@ -47,72 +86,117 @@ def rmsprop_rule(c, param, grad, square_avg, grad_avg, momentum_buffer):
         param -= c.lr * grad / avg
     return param, square_avg, grad_avg, momentum_buffer
 
-def rmsprop(params:list, # parameter arrays, updated in place
-            grads:list, # their gradients (never modified)
-            square_avgs:list, # averages of squared gradients, updated in place
-            grad_avgs:list, # averages of gradients (read only when `centered`)
-            momentum_buffer_list:list, # buffers (read only when `momentum > 0`)
-            state_steps:list, # 0-d float64 step counters, incremented in place
-            *,
-            lr:float, # learning rate
-            alpha:float, # decay of the leaky averages
-            eps:float, # added to the square root of the average
-            weight_decay:float, # L2 penalty added to the gradient
-            momentum:float, # momentum of the scaled steps
-            centered:bool, # divide by the root of the variance instead
-            maximize:bool, # ascend instead of descend
-            apply=elementwise, # how the rule meets the arrays (chapter 3)
-           ):
+
+def rmsprop(
+    params: list,  # parameter arrays, updated in place
+    grads: list,  # their gradients (never modified)
+    square_avgs: list,  # averages of squared gradients, updated in place
+    grad_avgs: list,  # averages of gradients (read only when `centered`)
+    momentum_buffer_list: list,  # buffers (read only when `momentum > 0`)
+    state_steps: list,  # 0-d float64 step counters, incremented in place
+    *,
+    lr: float,  # learning rate
+    alpha: float,  # decay of the leaky averages
+    eps: float,  # added to the square root of the average
+    weight_decay: float,  # L2 penalty added to the gradient
+    momentum: float,  # momentum of the scaled steps
+    centered: bool,  # divide by the root of the variance instead
+    maximize: bool,  # ascend instead of descend
+    apply=elementwise,  # how the rule meets the arrays (chapter 3)
+):
     "RMSprop on lists of arrays, as `torch.optim.rmsprop.rmsprop`."
     for i, param in enumerate(params):
-        c = rmsprop_constants(state_steps[i], lr=lr, alpha=alpha, eps=eps,
-                              weight_decay=weight_decay, momentum=momentum,
-                              centered=centered, maximize=maximize)
+        c = rmsprop_constants(
+            state_steps[i],
+            lr=lr,
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            centered=centered,
+            maximize=maximize,
+        )
         grad_avg = grad_avgs[i] if centered else None
         momentum_buffer = momentum_buffer_list[i] if momentum > 0 else None
-        apply(rmsprop_rule, c, param, grads[i], square_avgs[i], grad_avg,
-              momentum_buffer)
+        apply(
+            rmsprop_rule,
+            c,
+            param,
+            grads[i],
+            square_avgs[i],
+            grad_avg,
+            momentum_buffer,
+        )
 
 # %% ../../nbs/06_rmsprop.ipynb #4c280610
 class RMSprop(Optimizer):
     "RMSprop: each step is divided by the root of a leaky average of squares."
-    def __init__(self,
-                 params, # iterable of parameters or of dicts defining groups
-                 lr:float=1e-2, # learning rate
-                 alpha:float=0.99, # decay of the averages (1 - alpha: newest square)
-                 eps:float=1e-8, # added to the square root of the average
-                 weight_decay:float=0, # L2 penalty added to the gradient
-                 momentum:float=0, # momentum of the scaled steps
-                 centered:bool=False, # divide by the root of the variance instead
-                 *,
-                 maximize:bool=False, # ascend instead of descend
-                 foreach:bool|None=None, # flat buffers: None (large groups), True, False
-                 fused:bool|None=None, # a compiled loop per buffer or tensor (numba)
-                ):
+
+    def __init__(
+        self,
+        params,  # iterable of parameters or of dicts defining groups
+        lr: float = 1e-2,  # learning rate
+        alpha: float = 0.99,  # decay of the averages (1 - alpha: newest square)
+        eps: float = 1e-8,  # added to the square root of the average
+        weight_decay: float = 0,  # L2 penalty added to the gradient
+        momentum: float = 0,  # momentum of the scaled steps
+        centered: bool = False,  # divide by the root of the variance instead
+        *,
+        maximize: bool = False,  # ascend instead of descend
+        foreach: bool
+        | None = None,  # flat buffers: None (large groups), True, False
+        fused: bool
+        | None = None,  # a compiled loop per buffer or tensor (numba)
+    ):
         validate_lr(lr)
         validate_eps(eps)
         validate_momentum(momentum)
         validate_weight_decay(weight_decay)
-        if not 0.0 <= alpha: raise ValueError(f"Invalid alpha value: {alpha}")
-        defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps,
-                        centered=centered, weight_decay=weight_decay,
-                        foreach=foreach, maximize=maximize, fused=fused)
+        if not 0.0 <= alpha:
+            raise ValueError(f"Invalid alpha value: {alpha}")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            alpha=alpha,
+            eps=eps,
+            centered=centered,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            maximize=maximize,
+            fused=fused,
+        )
         super().__init__(params, defaults)
         validate_fused(foreach, fused)
 
     def _state_keys(self, group):
         "The state arrays shaped like a parameter, as `group` needs them."
-        momentum = ('momentum_buffer',) if group['momentum'] > 0 else ()
-        return ('square_avg',) + momentum + (('grad_avg',) if group['centered'] else ())
+        momentum = ("momentum_buffer",) if group["momentum"] > 0 else ()
+        return (
+            ("square_avg",)
+            + momentum
+            + (("grad_avg",) if group["centered"] else ())
+        )
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `rmsprop` on a whole group, or on pieces of its flat buffer."
-        rmsprop(params, grads, [s['square_avg'] for s in states],
-                [s['grad_avg'] for s in states] if group['centered'] else [],
-                [s['momentum_buffer'] for s in states] if group['momentum'] > 0 else [],
-                [s['step'] for s in states],
-                lr=group['lr'], alpha=group['alpha'], eps=group['eps'],
-                weight_decay=group['weight_decay'], momentum=group['momentum'],
-                centered=group['centered'], maximize=group['maximize'], apply=apply)
+        rmsprop(
+            params,
+            grads,
+            [s["square_avg"] for s in states],
+            [s["grad_avg"] for s in states] if group["centered"] else [],
+            [s["momentum_buffer"] for s in states]
+            if group["momentum"] > 0
+            else [],
+            [s["step"] for s in states],
+            lr=group["lr"],
+            alpha=group["alpha"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            centered=group["centered"],
+            maximize=group["maximize"],
+            apply=apply,
+        )
+
 
 RMSProp = RMSprop  # the spelling of many tutorials

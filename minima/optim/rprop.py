@@ -9,77 +9,126 @@ __all__ = ['RpropConstants', 'rprop_constants', 'rprop_rule', 'rprop', 'Rprop']
 # Rprop: sign-based steps with a step size per coordinate (chapter 12).
 import numpy as np
 from collections import namedtuple
-from .optimizer import Optimizer, elementwise, validate_fused, validate_lr
+from minima.optim.optimizer import (
+    Optimizer,
+    elementwise,
+    validate_fused,
+    validate_lr,
+)
 
 # %% ../../nbs/12_beyond.ipynb #619c4f33
-RpropConstants = namedtuple('RpropConstants', ['maximize', 'zero', 'one',
-    'etaminus', 'etaplus', 'step_size_min', 'step_size_max'])
+RpropConstants = namedtuple(
+    "RpropConstants",
+    [
+        "maximize",
+        "zero",
+        "one",
+        "etaminus",
+        "etaplus",
+        "step_size_min",
+        "step_size_max",
+    ],
+)
 
-def rprop_constants(step_t:np.ndarray, # the 0-d step counter, incremented in place
-                    *, step_size_min:float, step_size_max:float,
-                    etaminus:float, etaplus:float,
-                    maximize:bool, # as `rprop`
-                   ) -> RpropConstants:
+
+def rprop_constants(
+    step_t: np.ndarray,  # the 0-d step counter, incremented in place
+    *,
+    step_size_min: float,
+    step_size_max: float,
+    etaminus: float,
+    etaplus: float,
+    maximize: bool,  # as `rprop`
+) -> RpropConstants:
     "Advance the step counter; the constants are the hyper-parameters, with 0 and 1 for the rule."
     step_t += 1
-    return RpropConstants(maximize, 0.0, 1.0, etaminus, etaplus,
-                          step_size_min, step_size_max)
+    return RpropConstants(
+        maximize, 0.0, 1.0, etaminus, etaplus, step_size_min, step_size_max
+    )
 
 # %% ../../nbs/12_beyond.ipynb #540ca23b
 def rprop_rule(c, param, grad, prev, step_size):
     "One step of Rprop on numbers or arrays, in PyTorch's order of operations."
-    if c.maximize: grad = -grad
+    if c.maximize:
+        grad = -grad
     product = grad * prev
-    kept, flipped = product > c.zero, product < c.zero   # neither: 0 or NaN
+    kept, flipped = product > c.zero, product < c.zero  # neither: 0 or NaN
     otherwise = kept == flipped
-    if c.etaminus == c.zero: otherwise = otherwise | flipped   # torch: sign[sign.eq(0)] = 1
+    if c.etaminus == c.zero:
+        otherwise = otherwise | flipped  # torch: sign[sign.eq(0)] = 1
     factor = kept * c.etaplus + flipped * c.etaminus + otherwise * c.one
     step_size *= factor
     step_size = np.maximum(step_size, c.step_size_min)
     step_size = np.minimum(step_size, c.step_size_max)
-    grad = grad * (factor != c.etaminus) + c.zero       # after a flip: no move
-    sign = (grad > c.zero) * c.one - (grad < c.zero) * c.one   # torch.sign: NaN is 0
+    grad = grad * (factor != c.etaminus) + c.zero  # after a flip: no move
+    sign = (grad > c.zero) * c.one - (
+        grad < c.zero
+    ) * c.one  # torch.sign: NaN is 0
     param -= sign * step_size
     prev = grad
     return param, prev, step_size
 
-def rprop(params:list, # parameter arrays, updated in place
-          grads:list, # their gradients (not modified)
-          prevs:list, # the gradients used last step, zero after a flip (state `'prev'`)
-          step_sizes:list, # per-coordinate step sizes $\eta$ (state `'step_size'`)
-          state_steps:list, # 0-d float64 step counters, incremented in place
-          *,
-          step_size_min:float, # $\Gamma_{min}$, `step_sizes[0]`
-          step_size_max:float, # $\Gamma_{max}$, `step_sizes[1]`
-          etaminus:float, # $\eta_-$, `etas[0]`: shrink factor after a sign flip
-          etaplus:float, # $\eta_+$, `etas[1]`: growth factor while the sign holds
-          maximize:bool, # ascend instead of descend
-          apply=elementwise, # how the rule meets the arrays: NumPy (chapter 3) or a compiled loop
-         ):
+
+def rprop(
+    params: list,  # parameter arrays, updated in place
+    grads: list,  # their gradients (not modified)
+    prevs: list,  # the gradients used last step, zero after a flip (state `'prev'`)
+    step_sizes: list,  # per-coordinate step sizes $\eta$ (state `'step_size'`)
+    state_steps: list,  # 0-d float64 step counters, incremented in place
+    *,
+    step_size_min: float,  # $\Gamma_{min}$, `step_sizes[0]`
+    step_size_max: float,  # $\Gamma_{max}$, `step_sizes[1]`
+    etaminus: float,  # $\eta_-$, `etas[0]`: shrink factor after a sign flip
+    etaplus: float,  # $\eta_+$, `etas[1]`: growth factor while the sign holds
+    maximize: bool,  # ascend instead of descend
+    apply=elementwise,  # how the rule meets the arrays: NumPy (chapter 3) or a compiled loop
+):
     "Rprop on lists of arrays, as `torch.optim.rprop.rprop`: per tensor, the constants, then the rule."
     for i, param in enumerate(params):
-        c = rprop_constants(state_steps[i], step_size_min=step_size_min,
-                            step_size_max=step_size_max, etaminus=etaminus,
-                            etaplus=etaplus, maximize=maximize)
+        c = rprop_constants(
+            state_steps[i],
+            step_size_min=step_size_min,
+            step_size_max=step_size_max,
+            etaminus=etaminus,
+            etaplus=etaplus,
+            maximize=maximize,
+        )
         apply(rprop_rule, c, param, grads[i], prevs[i], step_sizes[i])
 
 # %% ../../nbs/12_beyond.ipynb #6a9638f8
 class Rprop(Optimizer):
     "Resilient backpropagation: sign-based steps with per-coordinate adaptive step sizes (full-batch)."
-    def __init__(self, params, # an iterable of parameters or of parameter groups
-                 lr:float=1e-2, # initial step size of every coordinate
-                 etas:tuple=(0.5, 1.2), # `(etaminus, etaplus)`: factors after a sign flip / a kept sign
-                 step_sizes:tuple=(1e-6, 50), # `(min, max)` allowed step size
-                 *,
-                 foreach:bool|None=None, # flat buffers: None for large groups, True always, False never
-                 fused:bool|None=None, # one compiled loop per buffer or tensor (needs numba; chapter 14b)
-                 maximize:bool=False, # ascend instead of descend
-                ):
+
+    def __init__(
+        self,
+        params,  # an iterable of parameters or of parameter groups
+        lr: float = 1e-2,  # initial step size of every coordinate
+        etas: tuple = (
+            0.5,
+            1.2,
+        ),  # `(etaminus, etaplus)`: factors after a sign flip / a kept sign
+        step_sizes: tuple = (1e-6, 50),  # `(min, max)` allowed step size
+        *,
+        foreach: bool
+        | None = None,  # flat buffers: None for large groups, True always, False never
+        fused: bool
+        | None = None,  # one compiled loop per buffer or tensor (needs numba; chapter 14b)
+        maximize: bool = False,  # ascend instead of descend
+    ):
         validate_lr(lr)
         if not 0.0 < etas[0] < 1.0 < etas[1]:
             raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
-        super().__init__(params, dict(lr=lr, etas=etas, step_sizes=step_sizes,
-                                      foreach=foreach, maximize=maximize, fused=fused))
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                etas=etas,
+                step_sizes=step_sizes,
+                foreach=foreach,
+                maximize=maximize,
+                fused=fused,
+            ),
+        )
         validate_fused(foreach, fused)
 
     def _state_keys(self, group):
@@ -98,7 +147,16 @@ class Rprop(Optimizer):
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `rprop` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
         (etaminus, etaplus), (lo, hi) = group["etas"], group["step_sizes"]
-        rprop(params, grads, [s["prev"] for s in states],
-              [s["step_size"] for s in states], [s["step"] for s in states],
-              step_size_min=lo, step_size_max=hi, etaminus=etaminus,
-              etaplus=etaplus, maximize=group["maximize"], apply=apply)
+        rprop(
+            params,
+            grads,
+            [s["prev"] for s in states],
+            [s["step_size"] for s in states],
+            [s["step"] for s in states],
+            step_size_min=lo,
+            step_size_max=hi,
+            etaminus=etaminus,
+            etaplus=etaplus,
+            maximize=group["maximize"],
+            apply=apply,
+        )

@@ -21,19 +21,24 @@ def y_from(x, z, beta, one_minus_beta):
     "The point where the gradient is taken: beta x + (1 - beta) z."
     return x * beta + z * one_minus_beta
 
+
 def sgd_schedule_free_rule(c, param, grad, z, x):
     "One step of schedule-free SGD on numbers or arrays; `param` holds y."
-    if c.decay: grad = grad + param * c.weight_decay
+    if c.decay:
+        grad = grad + param * c.weight_decay
     z -= c.lr * grad
     x *= c.one_minus_ckp1
     x += c.ckp1 * z
     param = y_from(x, z, c.momentum, c.one_minus_momentum)
     return param, z, x
 
+
 def adamw_schedule_free_rule(c, param, grad, z, x, exp_avg_sq):
     "One step of schedule-free AdamW on numbers or arrays; `param` holds y."
-    if c.decay_at_y: z -= c.lr_decay * param
-    if c.decay_at_z: z -= c.lr_decay * z
+    if c.decay_at_y:
+        z -= c.lr_decay * param
+    if c.decay_at_z:
+        z -= c.lr_decay * z
     exp_avg_sq *= c.beta2
     exp_avg_sq += grad * c.one_minus_beta2 * grad
     denom = np.sqrt(exp_avg_sq / c.bias_correction2) + c.eps
@@ -44,151 +49,268 @@ def adamw_schedule_free_rule(c, param, grad, z, x, exp_avg_sq):
     return param, z, x, exp_avg_sq
 
 # %% ../../nbs/15b_schedule_free.ipynb #6fe885c4
-def schedule_free_weights(schedule:dict, # `k`, `lr_max`, `weight_sum` (updated)
-                          *, lr:float, warmup_steps:int, r:float,
-                          weight_lr_power:float) -> tuple:
+def schedule_free_weights(
+    schedule: dict,  # `k`, `lr_max`, `weight_sum` (updated)
+    *,
+    lr: float,
+    warmup_steps: int,
+    r: float,
+    weight_lr_power: float,
+) -> tuple:
     "Advance the counters of `schedule` in place; this step's lr and c."
-    k = schedule['k']
+    k = schedule["k"]
     lr = lr * ((k + 1) / warmup_steps if k < warmup_steps else 1.0)
-    lr_max = max(lr, schedule['lr_max'])
-    weight = (k + 1) ** r * lr_max ** weight_lr_power
-    weight_sum = schedule['weight_sum'] + weight
+    lr_max = max(lr, schedule["lr_max"])
+    weight = (k + 1) ** r * lr_max**weight_lr_power
+    weight_sum = schedule["weight_sum"] + weight
     ckp1 = weight / weight_sum if weight_sum != 0 else 0.0
-    schedule.update(k=k + 1, scheduled_lr=lr, lr_max=lr_max,
-                    weight_sum=weight_sum)
+    schedule.update(
+        k=k + 1, scheduled_lr=lr, lr_max=lr_max, weight_sum=weight_sum
+    )
     return lr, ckp1
 
 # %% ../../nbs/15b_schedule_free.ipynb #6fd11db6
-SGDScheduleFreeConstants = namedtuple('SGDScheduleFreeConstants', [
-    'decay', 'weight_decay', 'lr', 'ckp1', 'one_minus_ckp1', 'momentum',
-    'one_minus_momentum'])
+SGDScheduleFreeConstants = namedtuple(
+    "SGDScheduleFreeConstants",
+    [
+        "decay",
+        "weight_decay",
+        "lr",
+        "ckp1",
+        "one_minus_ckp1",
+        "momentum",
+        "one_minus_momentum",
+    ],
+)
 
-def sgd_schedule_free_constants(schedule:dict, # the group's counters
-                                *, lr:float, momentum:float,
-                                weight_decay:float, warmup_steps:int,
-                                r:float, weight_lr_power:float,
-                               ) -> SGDScheduleFreeConstants:
+
+def sgd_schedule_free_constants(
+    schedule: dict,  # the group's counters
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    warmup_steps: int,
+    r: float,
+    weight_lr_power: float,
+) -> SGDScheduleFreeConstants:
     "Advance the schedule; this step's numbers live here only."
     lr, ckp1 = schedule_free_weights(
-        schedule, lr=lr, warmup_steps=warmup_steps, r=r,
-        weight_lr_power=weight_lr_power)
+        schedule,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        r=r,
+        weight_lr_power=weight_lr_power,
+    )
     return SGDScheduleFreeConstants(
-        weight_decay != 0, weight_decay, lr, ckp1, 1 - ckp1, momentum,
-        1 - momentum)
+        weight_decay != 0,
+        weight_decay,
+        lr,
+        ckp1,
+        1 - ckp1,
+        momentum,
+        1 - momentum,
+    )
 
-AdamWScheduleFreeConstants = namedtuple('AdamWScheduleFreeConstants', [
-    'decay_at_y', 'decay_at_z', 'lr_decay', 'beta2', 'one_minus_beta2',
-    'bias_correction2', 'eps', 'lr', 'ckp1', 'one_minus_ckp1', 'beta1',
-    'one_minus_beta1'])
 
-def adamw_schedule_free_constants(schedule:dict, # the group's counters
-                                  *, lr:float, beta1:float, beta2:float,
-                                  eps:float, weight_decay:float,
-                                  warmup_steps:int, r:float,
-                                  weight_lr_power:float, decay_at_z:bool,
-                                 ) -> AdamWScheduleFreeConstants:
+AdamWScheduleFreeConstants = namedtuple(
+    "AdamWScheduleFreeConstants",
+    [
+        "decay_at_y",
+        "decay_at_z",
+        "lr_decay",
+        "beta2",
+        "one_minus_beta2",
+        "bias_correction2",
+        "eps",
+        "lr",
+        "ckp1",
+        "one_minus_ckp1",
+        "beta1",
+        "one_minus_beta1",
+    ],
+)
+
+
+def adamw_schedule_free_constants(
+    schedule: dict,  # the group's counters
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    warmup_steps: int,
+    r: float,
+    weight_lr_power: float,
+    decay_at_z: bool,
+) -> AdamWScheduleFreeConstants:
     "Advance the schedule; this step's numbers live here only."
-    bias_correction2 = 1 - beta2 ** (schedule['k'] + 1)
+    bias_correction2 = 1 - beta2 ** (schedule["k"] + 1)
     lr, ckp1 = schedule_free_weights(
-        schedule, lr=lr, warmup_steps=warmup_steps, r=r,
-        weight_lr_power=weight_lr_power)
+        schedule,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        r=r,
+        weight_lr_power=weight_lr_power,
+    )
     decay = weight_decay != 0
     return AdamWScheduleFreeConstants(
-        decay and not decay_at_z, decay and decay_at_z, lr * weight_decay,
-        beta2, 1 - beta2, bias_correction2, eps, lr, ckp1, 1 - ckp1, beta1,
-        1 - beta1)
+        decay and not decay_at_z,
+        decay and decay_at_z,
+        lr * weight_decay,
+        beta2,
+        1 - beta2,
+        bias_correction2,
+        eps,
+        lr,
+        ckp1,
+        1 - ckp1,
+        beta1,
+        1 - beta1,
+    )
 
 # %% ../../nbs/15b_schedule_free.ipynb #5fe1caea
-def sgd_schedule_free(params:list, # y, updated in place
-                      grads:list, # gradients at y (not modified)
-                      zs:list, # iterates z, updated in place
-                      xs:list, # averages x, updated in place
-                      schedule:dict, # the group's counters, updated
-                      *, lr:float, momentum:float, weight_decay:float,
-                      warmup_steps:int, r:float, weight_lr_power:float,
-                      apply=elementwise, # how the rule meets the arrays
-                     ):
+def sgd_schedule_free(
+    params: list,  # y, updated in place
+    grads: list,  # gradients at y (not modified)
+    zs: list,  # iterates z, updated in place
+    xs: list,  # averages x, updated in place
+    schedule: dict,  # the group's counters, updated
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    warmup_steps: int,
+    r: float,
+    weight_lr_power: float,
+    apply=elementwise,  # how the rule meets the arrays
+):
     "Schedule-free SGD on lists of arrays: one step of a group."
     c = sgd_schedule_free_constants(
-        schedule, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        warmup_steps=warmup_steps, r=r, weight_lr_power=weight_lr_power)
+        schedule,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        r=r,
+        weight_lr_power=weight_lr_power,
+    )
     for i, param in enumerate(params):
         apply(sgd_schedule_free_rule, c, param, grads[i], zs[i], xs[i])
 
-def adamw_schedule_free(params:list, # y, updated in place
-                        grads:list, # gradients at y (not modified)
-                        zs:list, # iterates z, updated in place
-                        xs:list, # averages x, updated in place
-                        exp_avg_sqs:list, # second moments v, updated
-                        schedule:dict, # the group's counters, updated
-                        *, lr:float, beta1:float, beta2:float, eps:float,
-                        weight_decay:float, warmup_steps:int, r:float,
-                        weight_lr_power:float, decay_at_z:bool=False,
-                        apply=elementwise, # how the rule meets the arrays
-                       ):
+
+def adamw_schedule_free(
+    params: list,  # y, updated in place
+    grads: list,  # gradients at y (not modified)
+    zs: list,  # iterates z, updated in place
+    xs: list,  # averages x, updated in place
+    exp_avg_sqs: list,  # second moments v, updated
+    schedule: dict,  # the group's counters, updated
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    warmup_steps: int,
+    r: float,
+    weight_lr_power: float,
+    decay_at_z: bool = False,
+    apply=elementwise,  # how the rule meets the arrays
+):
     "Schedule-free AdamW on lists of arrays: one step of a group."
     c = adamw_schedule_free_constants(
-        schedule, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-        weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
-        weight_lr_power=weight_lr_power, decay_at_z=decay_at_z)
+        schedule,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        r=r,
+        weight_lr_power=weight_lr_power,
+        decay_at_z=decay_at_z,
+    )
     for i, param in enumerate(params):
-        apply(adamw_schedule_free_rule, c, param, grads[i], zs[i], xs[i],
-              exp_avg_sqs[i])
+        apply(
+            adamw_schedule_free_rule,
+            c,
+            param,
+            grads[i],
+            zs[i],
+            xs[i],
+            exp_avg_sqs[i],
+        )
 
 # %% ../../nbs/15b_schedule_free.ipynb #6d8ff660
 _NOT_IN_TRAIN_MODE = (
     "Optimizer was not in train mode when step is called. Please insert "
     ".train() and .eval() calls on the optimizer. See documentation for "
-    "details.")
+    "details."
+)
+
 
 def _validate_warmup_steps(warmup_steps):
     "schedulefree does not check it: refuse a negative warmup clearly."
     if not warmup_steps >= 0:
         raise ValueError(f"Invalid warmup_steps value: {warmup_steps}")
 
+
 class _ScheduleFree(Optimizer):
     "What schedule-free optimizers share: train/eval modes, z and x, step."
-    def _beta(self, group): raise NotImplementedError
+
+    def _beta(self, group):
+        raise NotImplementedError
 
     def train(self):
         "Train mode: the parameters hold y, where the gradients are taken."
         for group in self.param_groups:
-            if group['train_mode']: continue
+            if group["train_mode"]:
+                continue
             beta = self._beta(group)
-            for p in group['params']:
+            for p in group["params"]:
                 state = self.state.get(p)
-                if not state: continue
+                if not state:
+                    continue
                 number = p.data.dtype.type
-                p.data[...] = y_from(state['x'], state['z'], number(beta),
-                                     number(1 - beta))
-            group['train_mode'] = True
+                p.data[...] = y_from(
+                    state["x"], state["z"], number(beta), number(1 - beta)
+                )
+            group["train_mode"] = True
 
     def eval(self):
         "Eval mode: the parameters hold x, the average, to evaluate or save."
         for group in self.param_groups:
-            if not group['train_mode']: continue
-            for p in group['params']:
+            if not group["train_mode"]:
+                continue
+            for p in group["params"]:
                 state = self.state.get(p)
-                if state: p.data[...] = state['x']
-            group['train_mode'] = False
+                if state:
+                    p.data[...] = state["x"]
+            group["train_mode"] = False
 
     def step(self, closure=None):
         "One step of every group (train mode only); returns the closure's loss."
-        if not self.param_groups[0]['train_mode']:
+        if not self.param_groups[0]["train_mode"]:
             raise Exception(_NOT_IN_TRAIN_MODE)
         loss = None if closure is None else closure()
         for group in self.param_groups:
-            params = [p for p in group['params'] if p.grad is not None]
+            params = [p for p in group["params"] if p.grad is not None]
             states = [self._group_state(p, group) for p in params]
-            self._update(group, [p.data for p in params],
-                         [p.grad for p in params], states)
+            self._update(
+                group,
+                [p.data for p in params],
+                [p.grad for p in params],
+                states,
+            )
         return loss
 
     def _group_state(self, p, group):
         "At the first gradient: z and x copies of the parameter, zero states."
         state = self.state[p]
         if not state:
-            state['z'], state['x'] = p.data.copy(), p.data.copy()
+            state["z"], state["x"] = p.data.copy(), p.data.copy()
             for key in self._state_keys(group):
                 state[key] = np.zeros_like(p.data)
         return state
@@ -196,81 +318,128 @@ class _ScheduleFree(Optimizer):
 # %% ../../nbs/15b_schedule_free.ipynb #cce47c19
 class SGDScheduleFree(_ScheduleFree):
     "Schedule-free SGD (Defazio et al., 2024): call `train()` and `eval()`."
-    def __init__(self,
-                 params, # iterable of parameters or of dicts defining groups
-                 lr:float=1.0, # learning rate of the iterate z
-                 momentum:float=0.9, # beta of y = beta x + (1 - beta) z
-                 weight_decay:float=0, # L2 penalty, added at y
-                 warmup_steps:int=0, # steps of the linear lr warmup
-                 r:float=0.0, # weight (k+1)**r of step k in the average
-                 weight_lr_power:float=2, # and the weight lr_max**power
-                 foreach:bool|None=True, # accepted as schedulefree's; no effect
-                ):
-        if lr < 0.0: raise ValueError(f"Invalid learning rate: {lr}")
+
+    def __init__(
+        self,
+        params,  # iterable of parameters or of dicts defining groups
+        lr: float = 1.0,  # learning rate of the iterate z
+        momentum: float = 0.9,  # beta of y = beta x + (1 - beta) z
+        weight_decay: float = 0,  # L2 penalty, added at y
+        warmup_steps: int = 0,  # steps of the linear lr warmup
+        r: float = 0.0,  # weight (k+1)**r of step k in the average
+        weight_lr_power: float = 2,  # and the weight lr_max**power
+        foreach: bool | None = True,  # accepted as schedulefree's; no effect
+    ):
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
         if weight_decay < 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if momentum <= 0 or momentum >= 1:
             raise ValueError(
-                f"Momentum must be between 0 and 1 exclusive: {momentum}")
+                f"Momentum must be between 0 and 1 exclusive: {momentum}"
+            )
         _validate_warmup_steps(warmup_steps)
-        defaults = dict(lr=lr, momentum=momentum, r=r, k=0,
-                        warmup_steps=warmup_steps, train_mode=False,
-                        weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
-                        weight_lr_power=weight_lr_power,
-                        weight_decay=weight_decay, foreach=foreach)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            r=r,
+            k=0,
+            warmup_steps=warmup_steps,
+            train_mode=False,
+            weight_sum=0.0,
+            lr_max=-1.0,
+            scheduled_lr=0.0,
+            weight_lr_power=weight_lr_power,
+            weight_decay=weight_decay,
+            foreach=foreach,
+        )
         super().__init__(params, defaults)
 
-    def _beta(self, group): return group['momentum']
+    def _beta(self, group):
+        return group["momentum"]
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `sgd_schedule_free` on the group's parameters with a gradient."
         sgd_schedule_free(
-            params, grads, [s['z'] for s in states],
-            [s['x'] for s in states], group, lr=group['lr'],
-            momentum=group['momentum'], weight_decay=group['weight_decay'],
-            warmup_steps=group['warmup_steps'], r=group['r'],
-            weight_lr_power=group['weight_lr_power'], apply=apply)
+            params,
+            grads,
+            [s["z"] for s in states],
+            [s["x"] for s in states],
+            group,
+            lr=group["lr"],
+            momentum=group["momentum"],
+            weight_decay=group["weight_decay"],
+            warmup_steps=group["warmup_steps"],
+            r=group["r"],
+            weight_lr_power=group["weight_lr_power"],
+            apply=apply,
+        )
 
 # %% ../../nbs/15b_schedule_free.ipynb #c91e83da
 class AdamWScheduleFree(_ScheduleFree):
     "Schedule-free AdamW (Defazio et al., 2024): call `train()` and `eval()`."
-    def __init__(self,
-                 params, # iterable of parameters or of dicts defining groups
-                 lr:float=0.0025, # learning rate of the iterate z
-                 betas:tuple=(0.9, 0.999), # beta of y, and decay rate of v
-                 eps:float=1e-8, # added to the denominator, outside the root
-                 weight_decay:float=0, # decoupled decay, lr * weight_decay
-                 warmup_steps:int=0, # steps of the linear lr warmup
-                 r:float=0.0, # weight (k+1)**r of step k in the average
-                 weight_lr_power:float=2.0, # and the weight lr_max**power
-                 decay_at_z:bool=False, # decay z by itself instead of by y
-                 foreach:bool|None=True, # accepted as schedulefree's; no effect
-                ):
-        validate_lr(lr); validate_eps(eps); validate_betas(betas)
+
+    def __init__(
+        self,
+        params,  # iterable of parameters or of dicts defining groups
+        lr: float = 0.0025,  # learning rate of the iterate z
+        betas: tuple = (0.9, 0.999),  # beta of y, and decay rate of v
+        eps: float = 1e-8,  # added to the denominator, outside the root
+        weight_decay: float = 0,  # decoupled decay, lr * weight_decay
+        warmup_steps: int = 0,  # steps of the linear lr warmup
+        r: float = 0.0,  # weight (k+1)**r of step k in the average
+        weight_lr_power: float = 2.0,  # and the weight lr_max**power
+        decay_at_z: bool = False,  # decay z by itself instead of by y
+        foreach: bool | None = True,  # accepted as schedulefree's; no effect
+    ):
+        validate_lr(lr)
+        validate_eps(eps)
+        validate_betas(betas)
         validate_weight_decay(weight_decay)
         _validate_warmup_steps(warmup_steps)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, r=r, k=0,
-                        warmup_steps=warmup_steps, train_mode=False,
-                        weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
-                        weight_lr_power=weight_lr_power,
-                        decay_at_z=decay_at_z, weight_decay=weight_decay,
-                        foreach=foreach)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            r=r,
+            k=0,
+            warmup_steps=warmup_steps,
+            train_mode=False,
+            weight_sum=0.0,
+            lr_max=-1.0,
+            scheduled_lr=0.0,
+            weight_lr_power=weight_lr_power,
+            decay_at_z=decay_at_z,
+            weight_decay=weight_decay,
+            foreach=foreach,
+        )
         super().__init__(params, defaults)
 
-    def _beta(self, group): return group['betas'][0]
+    def _beta(self, group):
+        return group["betas"][0]
 
     def _state_keys(self, group):
         "The state arrays that start at zero (z and x start at the parameter)."
-        return ('exp_avg_sq',)
+        return ("exp_avg_sq",)
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `adamw_schedule_free` on the group's parameters with a gradient."
-        beta1, beta2 = group['betas']
+        beta1, beta2 = group["betas"]
         adamw_schedule_free(
-            params, grads, [s['z'] for s in states], [s['x'] for s in states],
-            [s['exp_avg_sq'] for s in states], group, lr=group['lr'],
-            beta1=beta1, beta2=beta2, eps=group['eps'],
-            weight_decay=group['weight_decay'],
-            warmup_steps=group['warmup_steps'], r=group['r'],
-            weight_lr_power=group['weight_lr_power'],
-            decay_at_z=group['decay_at_z'], apply=apply)
+            params,
+            grads,
+            [s["z"] for s in states],
+            [s["x"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            group,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            warmup_steps=group["warmup_steps"],
+            r=group["r"],
+            weight_lr_power=group["weight_lr_power"],
+            decay_at_z=group["decay_at_z"],
+            apply=apply,
+        )

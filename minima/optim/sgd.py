@@ -6,121 +6,199 @@
 from __future__ import annotations
 from collections import namedtuple
 import numpy as np
-from .optimizer import (Optimizer, elementwise, validate_fused,
-    validate_lr, validate_momentum, validate_weight_decay)
+from minima.optim.optimizer import (
+    Optimizer,
+    elementwise,
+    validate_fused,
+    validate_lr,
+    validate_momentum,
+    validate_weight_decay,
+)
 
 # %% auto #0
 __all__ = ['SGDConstants', 'sgd_constants', 'sgd_rule', 'sgd', 'SGD', 'GD']
 
 # %% ../../nbs/04_sgd.ipynb #f327e87d
-SGDConstants = namedtuple('SGDConstants', ['maximize', 'l2', 'weight_decay',
-    'uses_momentum', 'new_buffer', 'momentum', 'dampened',
-    'one_minus_dampening', 'nesterov', 'lr'])
+SGDConstants = namedtuple(
+    "SGDConstants",
+    [
+        "maximize",
+        "l2",
+        "weight_decay",
+        "uses_momentum",
+        "new_buffer",
+        "momentum",
+        "dampened",
+        "one_minus_dampening",
+        "nesterov",
+        "lr",
+    ],
+)
 
-def sgd_constants(new_buffer:bool, # the momentum buffer is new: its first step
-                  *, weight_decay:float, momentum:float, lr:float,
-                  dampening:float, nesterov:bool, maximize:bool, # as `sgd`
-                 ) -> SGDConstants:
+
+def sgd_constants(
+    new_buffer: bool,  # the momentum buffer is new: its first step
+    *,
+    weight_decay: float,
+    momentum: float,
+    lr: float,
+    dampening: float,
+    nesterov: bool,
+    maximize: bool,  # as `sgd`
+) -> SGDConstants:
     "This step's flags and numbers; SGD has no step counter to advance."
     return SGDConstants(
-        bool(maximize), weight_decay != 0, weight_decay, momentum != 0,
-        bool(new_buffer), momentum, dampening != 0, 1 - dampening,
-        bool(nesterov), lr)
+        bool(maximize),
+        weight_decay != 0,
+        weight_decay,
+        momentum != 0,
+        bool(new_buffer),
+        momentum,
+        dampening != 0,
+        1 - dampening,
+        bool(nesterov),
+        lr,
+    )
 
 # %% ../../nbs/04_sgd.ipynb #ac091ea1
 def sgd_rule(c, param, grad, momentum_buffer):
     "One step of SGD on numbers or arrays, in PyTorch's order of operations."
-    if c.maximize: grad = -grad
-    if c.l2: grad = grad + param * c.weight_decay
+    if c.maximize:
+        grad = -grad
+    if c.l2:
+        grad = grad + param * c.weight_decay
     if c.uses_momentum:
-        if c.new_buffer: momentum_buffer = grad          # b_1 = g_1
+        if c.new_buffer:
+            momentum_buffer = grad  # b_1 = g_1
         else:
             momentum_buffer *= c.momentum
-            if c.dampened: momentum_buffer += grad * c.one_minus_dampening
-            else: momentum_buffer += grad               # (1 - 0) g is g
-        if c.nesterov: grad = grad + momentum_buffer * c.momentum
-        else: grad = momentum_buffer
+            if c.dampened:
+                momentum_buffer += grad * c.one_minus_dampening
+            else:
+                momentum_buffer += grad  # (1 - 0) g is g
+        if c.nesterov:
+            grad = grad + momentum_buffer * c.momentum
+        else:
+            grad = momentum_buffer
     param -= grad * c.lr
     return param, momentum_buffer
 
-def sgd(params:list, # parameter arrays, updated in place
-        d_p_list:list, # their gradients (not modified)
-        momentum_buffer_list:list, # buffers or None; empty without momentum
-        *,
-        weight_decay:float, # L2 penalty added to the gradient
-        momentum:float, # momentum factor
-        lr:float, # learning rate
-        dampening:float, # dampening of the gradient added to the buffer
-        nesterov:bool, # use Nesterov's look-ahead step
-        maximize:bool, # ascend instead of descend
-        apply=elementwise, # how the rule meets the arrays
-       ):
+
+def sgd(
+    params: list,  # parameter arrays, updated in place
+    d_p_list: list,  # their gradients (not modified)
+    momentum_buffer_list: list,  # buffers or None; empty without momentum
+    *,
+    weight_decay: float,  # L2 penalty added to the gradient
+    momentum: float,  # momentum factor
+    lr: float,  # learning rate
+    dampening: float,  # dampening of the gradient added to the buffer
+    nesterov: bool,  # use Nesterov's look-ahead step
+    maximize: bool,  # ascend instead of descend
+    apply=elementwise,  # how the rule meets the arrays
+):
     "SGD on lists of arrays, as `torch.optim.sgd.sgd`: constants, then rule."
     for i, param in enumerate(params):
         buf = momentum_buffer_list[i] if momentum != 0 else None
-        new = momentum != 0 and buf is None   # the rule fills a new buffer
-        if new: buf = momentum_buffer_list[i] = np.empty_like(d_p_list[i])
-        c = sgd_constants(new, weight_decay=weight_decay, momentum=momentum,
-                          lr=lr, dampening=dampening, nesterov=nesterov,
-                          maximize=maximize)
+        new = momentum != 0 and buf is None  # the rule fills a new buffer
+        if new:
+            buf = momentum_buffer_list[i] = np.empty_like(d_p_list[i])
+        c = sgd_constants(
+            new,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            lr=lr,
+            dampening=dampening,
+            nesterov=nesterov,
+            maximize=maximize,
+        )
         apply(sgd_rule, c, param, d_p_list[i], buf)
 
 # %% ../../nbs/04_sgd.ipynb #9ac09c14
 class SGD(Optimizer):
     "Gradient descent with momentum, Nesterov, weight decay: PyTorch's `SGD`."
-    def __init__(self,
-                 params, # parameters, or dicts defining parameter groups
-                 lr:float=1e-3, # learning rate
-                 momentum:float=0, # momentum factor
-                 dampening:float=0, # dampening for momentum
-                 weight_decay:float=0, # L2 penalty
-                 nesterov:bool=False, # enable Nesterov momentum
-                 *,
-                 maximize:bool=False, # maximize the objective instead
-                 foreach:bool|None=None, # flat buffers: None when large
-                 fused:bool|None=None, # compiled loops (needs numba)
-                ):
-        validate_lr(lr); validate_momentum(momentum)
+
+    def __init__(
+        self,
+        params,  # parameters, or dicts defining parameter groups
+        lr: float = 1e-3,  # learning rate
+        momentum: float = 0,  # momentum factor
+        dampening: float = 0,  # dampening for momentum
+        weight_decay: float = 0,  # L2 penalty
+        nesterov: bool = False,  # enable Nesterov momentum
+        *,
+        maximize: bool = False,  # maximize the objective instead
+        foreach: bool | None = None,  # flat buffers: None when large
+        fused: bool | None = None,  # compiled loops (needs numba)
+    ):
+        validate_lr(lr)
+        validate_momentum(momentum)
         validate_weight_decay(weight_decay)
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
-                        weight_decay=weight_decay, nesterov=nesterov,
-                        maximize=maximize, foreach=foreach, fused=fused)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+        )
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
-                "Nesterov momentum requires a momentum and zero dampening")
+                "Nesterov momentum requires a momentum and zero dampening"
+            )
         super().__init__(params, defaults)
         validate_fused(foreach, fused)
 
     def _state_keys(self, group):
         "The state arrays shaped like a parameter: the buffer, with momentum."
-        return ('momentum_buffer',) if group['momentum'] != 0 else ()
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
     def _group_state(self, p, group):
         "The state of `p`: empty before its first step, none without momentum."
-        return self.state[p] if group['momentum'] != 0 else {}
+        return self.state[p] if group["momentum"] != 0 else {}
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call `sgd`; store the buffers it creates at a parameter's first step."
-        momentum = group['momentum']
-        buffers = ([s.get('momentum_buffer') for s in states]
-                   if momentum != 0 else [])
-        sgd(params, grads, buffers, weight_decay=group['weight_decay'],
-            momentum=momentum, lr=group['lr'], dampening=group['dampening'],
-            nesterov=group['nesterov'], maximize=group['maximize'],
-            apply=apply)
-        for s, buf in zip(states, buffers): s['momentum_buffer'] = buf
+        momentum = group["momentum"]
+        buffers = (
+            [s.get("momentum_buffer") for s in states] if momentum != 0 else []
+        )
+        sgd(
+            params,
+            grads,
+            buffers,
+            weight_decay=group["weight_decay"],
+            momentum=momentum,
+            lr=group["lr"],
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+            apply=apply,
+        )
+        for s, buf in zip(states, buffers):
+            s["momentum_buffer"] = buf
 
 # %% ../../nbs/04_sgd.ipynb #c6a6f7a3
 class GD(SGD):
     "Plain (full-batch) gradient descent: `p -= lr * (grad + weight_decay*p)`."
-    def __init__(self,
-                 params, # parameters, or dicts defining parameter groups
-                 lr:float, # learning rate
-                 weight_decay:float=0, # L2 penalty
-                 *,
-                 maximize:bool=False, # maximize the objective instead
-                 foreach:bool|None=None, # flat buffers: None when large
-                 fused:bool|None=None, # compiled loops (needs numba)
-                ):
-        super().__init__(params, lr=lr, weight_decay=weight_decay,
-                         maximize=maximize, foreach=foreach, fused=fused)
+
+    def __init__(
+        self,
+        params,  # parameters, or dicts defining parameter groups
+        lr: float,  # learning rate
+        weight_decay: float = 0,  # L2 penalty
+        *,
+        maximize: bool = False,  # maximize the objective instead
+        foreach: bool | None = None,  # flat buffers: None when large
+        fused: bool | None = None,  # compiled loops (needs numba)
+    ):
+        super().__init__(
+            params,
+            lr=lr,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+        )
