@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 MATHJAX_VERSION := 3.2.2
 MATHJAX := _build/mathjax/node_modules/mathjax/es5
 
-.PHONY: all install export book test test-repo test-notebooks test-pytest bench clean
+.PHONY: all install export book serve test test-repo test-notebooks test-pytest bench clean
 
 all: book
 
@@ -35,6 +35,13 @@ book: install $(MATHJAX)/tex-chtml.js
 	$(BIN)/jupyter-book build _build/src --path-output . --keep-going
 	$(BIN)/python tools/check_book.py _build/html
 	@echo "The book: $(abspath _build/html/index.html)"
+
+# The built book on http://localhost:8000 (search shows snippets only when served, not from file://).
+PORT ?= 8000
+serve:
+	@test -f _build/html/index.html || { echo "no book yet: run make book first"; exit 1; }
+	@echo "The book: http://localhost:$(PORT)/index.html (Ctrl-C stops)"
+	python3 -m http.server --bind 127.0.0.1 --directory _build/html $(PORT)
 
 # Checks of the repository itself, before anything regenerates minima/.
 test-repo: install

@@ -72,6 +72,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'minima.book.pictures.plot_schedule': ('viz.html#plot_schedule', 'minima/book/pictures.py'),
                                       'minima.book.pictures.plot_trajectories': ('viz.html#plot_trajectories', 'minima/book/pictures.py'),
                                       'minima.book.pictures.steps_to_reach': ('viz.html#steps_to_reach', 'minima/book/pictures.py'),
+                                      'minima.book.pictures.subplots': ('viz.html#subplots', 'minima/book/pictures.py'),
                                       'minima.book.pictures.trajectory': ('viz.html#trajectory', 'minima/book/pictures.py')},
             'minima.book.showdoc': { 'minima.book.showdoc.ApiEntry': ('book.html#apientry', 'minima/book/showdoc.py'),
                                      'minima.book.showdoc.ApiEntry._repr_markdown_': ( 'book.html#apientry._repr_markdown_',

@@ -64,6 +64,8 @@ def stage(src_dir, dest, mathjax):
     dest.mkdir(parents=True)
     for nb in sorted(Path(src_dir).glob("*.ipynb")): stage_notebook(nb, dest / nb.name)
     for cfg in ("_config.yml", "_toc.yml"): shutil.copy(ROOT / cfg, dest / cfg)
+    shutil.copy(ROOT / "tools" / "minima_book.py", dest / "minima_book.py")  # the book's Sphinx extension
+    shutil.copytree(ROOT / "tools" / "book_static", dest / "book_static")
     # Not under _static/: jupyter-book would add every .js file there as a script.
     shutil.copytree(mathjax, dest / "_mathjax" / "mathjax")
     print(f"staged {len(list(dest.glob('*.ipynb')))} notebooks in {dest}")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 # %% auto #0
-__all__ = ['COLORS', 'color_for', 'trajectory', 'plot_contours', 'plot_trajectories', 'plot_losses', 'steps_to_reach',
-           'plot_schedule']
+__all__ = ['COLORS', 'COLUMN_INCHES', 'HOUSE_STYLE', 'color_for', 'subplots', 'trajectory', 'plot_contours', 'plot_trajectories',
+           'plot_losses', 'steps_to_reach', 'plot_schedule']
 
 # %% ../../nbs/02b_viz.ipynb #c4747ba3
 COLORS = {
@@ -34,6 +34,8 @@ COLORS = {
     "SGDScheduleFree": "steelblue",
     "Prodigy": "chocolate",
     "Lookahead": "darkslategray",
+    "Muon": "darkgoldenrod",
+    "SOAP": "mediumseagreen",
 }
 
 _FALLBACK = [
@@ -59,6 +61,36 @@ def color_for(
     return _assigned.setdefault(
         label, _FALLBACK[len(_assigned) % len(_FALLBACK)]
     )
+
+# %% ../../nbs/02b_viz.ipynb #40a11e90
+COLUMN_INCHES = 6.8  # the book's column: 688 px at 100 dpi
+HOUSE_STYLE = {
+    "figure.dpi": 100,
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+}
+
+
+def subplots(
+    nrows: int = 1,  # rows of panels
+    ncols: int = 1,  # panels side by side: at most 2 fit the column
+    height: float | None = None,  # inches per row; default keeps panels legible
+    **kwargs,  # passed to `plt.subplots` (sharex, subplot_kw, ...)
+):
+    "`plt.subplots` drawn at the book's column width in the house style."
+    import matplotlib.pyplot as plt
+
+    if ncols > 2:
+        raise ValueError(f"ncols={ncols}: at most 2 panels fit side by side")
+    plt.rcParams.update(HOUSE_STYLE)
+    height = height or (3.6 if ncols == 1 else 3.0)
+    kwargs.setdefault("layout", "constrained")
+    size = (COLUMN_INCHES, height * nrows)
+    return plt.subplots(nrows, ncols, figsize=size, **kwargs)
 
 # %% ../../nbs/02b_viz.ipynb #74f139c6
 class _Point:
@@ -97,9 +129,7 @@ def trajectory(
 
 # %% ../../nbs/02b_viz.ipynb #ba6b81dc
 def _axes(ax):
-    import matplotlib.pyplot as plt
-
-    return ax if ax is not None else plt.subplots(figsize=(6, 4.5))[1]
+    return ax if ax is not None else subplots(height=4.2)[1]
 
 
 def _line_styles(labels):
@@ -249,7 +279,6 @@ def plot_schedule(
 ):
     """Plot the lr a scheduler gives at each of `steps` steps of a fresh SGD
     (lr 0.1, momentum 0.9); returns the Axes."""
-    import matplotlib.pyplot as plt
     from minima.optim.sgd import SGD
 
     optimizer = SGD([_Point(np.zeros(1))], lr=0.1, momentum=0.9)
@@ -261,7 +290,7 @@ def plot_schedule(
         optimizer.step()
         scheduler.step()
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3))
+        _, ax = subplots(height=3.0)
     lrs = np.array(lrs)
     for k in range(lrs.shape[1]):
         ax.plot(

@@ -74,7 +74,7 @@ def asgd(
     state_steps: list,  # 0-d float64 step counters, incremented in place
     *,
     lambd: float,  # $\lambda$: decay term, also in the step-size schedule
-    lr: float,  # $\gamma$: initial step size
+    lr: float,  # $\eta$: initial step size
     t0: float,  # step after which averaging starts
     alpha: float,  # power of the step-size decay
     weight_decay: float,  # L2 penalty added to the gradient
@@ -103,7 +103,7 @@ class ASGD(Optimizer):
     def __init__(
         self,
         params,  # an iterable of parameters or of parameter groups
-        lr: float = 1e-2,  # initial step size $\gamma$
+        lr: float = 1e-2,  # initial step size $\eta$
         lambd: float = 1e-4,  # decay term $\lambda$
         alpha: float = 0.75,  # power of the step-size decay
         t0: float = 1e6,  # step after which averaging starts
