@@ -79,3 +79,62 @@ def test_chapter_typesets_math_and_shows_figures(browser, book_url):
     body = page.inner_text("article")
     assert "#|" not in body, "an nbdev directive is visible"
     assert_local(requests, book_url)
+
+
+# What a reader sees, measured on every page (tests/bookpages.py): the budgets of the book's style guide.
+import bookpages
+
+
+@pytest.fixture(scope="module")
+def pages(browser, book_url):
+    "Every page of the book as Chromium lays it out at 1280 px."
+    return bookpages.measure_book(browser, HTML, width=1280)
+
+
+def test_code_fits_the_column(pages):
+    total = bookpages.summary(pages)
+    worst = sorted(((r["n_wide"], n) for n, r in pages.items()), reverse=True)[:3]
+    assert total["wide_pct"] <= 2.0, (f"{total['wide']} of {total['lines']} code lines are wider than "
+                                      f"{bookpages.COLUMN} characters; most on {worst}")
+
+
+def test_no_show_doc_call_is_shown(pages):
+    shown = {n: r["showdoc"] for n, r in pages.items() if r["showdoc"]}
+    assert not shown, f"show_doc(...) calls shown as code: {shown}"
+
+
+def test_math_typesets_without_errors_or_literal_backslashes(pages):
+    errors = {n: r["merror"] for n, r in pages.items() if r["merror"]}
+    literal = {n: r["backslash"] for n, r in pages.items() if r["backslash"]}
+    assert not errors, f"MathJax errors: {errors}"
+    assert not literal, f"equations showing a literal backslash (an escaped \\_ in \\text?): {literal}"
+
+
+def test_figures_are_shown_near_full_size(pages):
+    total = bookpages.summary(pages)
+    small = [(n, f["src"], round(f["shown"] / f["natural"], 2))
+             for n, r in pages.items() for f in r["figures"] if bookpages.small(f)]
+    assert total["small_pct"] <= 10.0, f"{len(small)} of {total['figures']} figures shown below 60%: {small}"
+
+
+def test_on_a_phone_display_math_scrolls_inside_the_column(browser, book_url):
+    phone = bookpages.measure_book(browser, HTML, width=390, names=["04_sgd", "07_adam", "10_lr_scheduler"])
+    spill = {n: r["overflow"] for n, r in phone.items() if r["overflow"]}
+    assert not spill, f"display equations run past the column at 390 px: {spill}"
+
+
+def test_chapters_are_numbered_and_chapter_references_are_links(browser, book_url):
+    page = browser.new_page()
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{book_url}/07_adam.html", wait_until="load")
+    bookpages.wait_for_math(page)
+    sidebar = page.eval_on_selector_all("nav.bd-links a.reference", "as => as.map(a => a.innerText)")
+    assert any(t.split(".")[0].strip().isdigit() for t in sidebar), f"the sidebar is not numbered: {sidebar[:5]}"
+    refs = page.eval_on_selector_all("a span.std-numref", "s => s.map(x => x.innerText)")
+    assert refs and all(r.lower().startswith("chapter ") and r.split()[1][0].isdigit() for r in refs), refs
+    text = page.inner_text("article")
+    assert "%s" not in text and "{numref}" not in text, "an unresolved chapter reference is shown"
+    assert not errors, f"the browser console shows errors: {errors}"
+    page.close()
