@@ -128,18 +128,31 @@ def events(draw, name, options, max_size=10):
     return out
 
 
+LERP_OPTIMIZERS = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam")   # exp_avg.lerp_(grad, 1 - beta1)
+
+
+def float64_only(name, options):
+    """Configurations run in float64 only: where torch's CPU kernels round once with a fused multiply-add and
+    minima (NumPy, numba) rounds twice, float32 cancellation makes the difference visible in every digit. Both
+    are known differences, pinned by strict xfails in tests/test_properties.py:
+    - centered RMSprop, `v - m * m` (test_rmsprop_centered_float32_variance_rounding);
+    - `lerp_` with beta1 < 1/2, where a gradient 1/beta1 times larger than the next makes `end - (end - start)
+      * beta1` cancel (test_lerp_cancellation_in_float32_matches_torch_fma). beta1 >= 1/2 covers every setting
+      in use (0.9 and above) and stays in float32."""
+    if name == "RMSprop": return options["centered"]
+    return name in LERP_OPTIMIZERS and options["betas"][0] < 0.5
+
+
 @st.composite
 def optimizer_runs(draw, names=OPTIMIZERS, paths=PATHS):
     "Everything one differential example needs: optimizer, options, path, groups, events."
     name, options = draw(optimizer_configs(names))
     path = draw(st.sampled_from(paths))
     groups = draw(st.lists(group_specs(name, options), min_size=1, max_size=3))
-    if name == "RMSprop" and options["centered"]:
-        # float32: torch's addcmul rounds sq - m * m once, minima twice; the cancellation makes that visible
-        # (a known difference, tests/test_properties.py::test_rmsprop_centered_float32_variance_rounding)
+    if float64_only(name, options):
         groups = [([(shape, "float64") for shape, _ in specs], ov) for specs, ov in groups]
     evs = draw(events(name, options))
-    if name == "RMSprop" and options["centered"]:
+    if float64_only(name, options):
         evs = [(e[0], ([(shape, "float64") for shape, _ in e[1][0]], e[1][1])) if e[0] == "add_group" else e
                for e in evs]
     return name, options, path, groups, evs
