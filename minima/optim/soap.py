@@ -299,7 +299,7 @@ def _validate(
             "('channels_first' or 'channels_last')"
         )
 
-
+# %% ../../nbs/15e_soap.ipynb #4ab835e5
 class SOAP(Optimizer):
     "SOAP (Vyas et al., 2024): Adam in the eigenbasis of Shampoo's factors."
 
