@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['Optimizer', 'SGD', 'GD', 'Adagrad', 'AdaGrad', 'RMSprop', 'RMSProp', 'Adadelta', 'Adam', 'AdamW', 'Adamax', 'NAdam',
            'RAdam', 'LBFGS', 'Rprop', 'ASGD', 'Lion', 'Prodigy', 'Lookahead', 'SGDScheduleFree', 'AdamWScheduleFree',
-           'Adafactor', 'lr_scheduler', 'clip_grad_norm_', 'clip_grad_value_', 'clip_grads_with_norm_',
+           'Adafactor', 'SOAP', 'lr_scheduler', 'clip_grad_norm_', 'clip_grad_value_', 'clip_grads_with_norm_',
            'get_total_norm']
 
 # %% ../../nbs/99_api.ipynb #7119efac
@@ -31,6 +31,7 @@ from .prodigy import Prodigy
 from .lookahead import Lookahead
 from .schedule_free import SGDScheduleFree, AdamWScheduleFree
 from .adafactor import Adafactor
+from .soap import SOAP
 from . import lr_scheduler
 from minima.nn.utils import (
     clip_grad_norm_,
@@ -65,6 +66,7 @@ _all_ = [
     "SGDScheduleFree",
     "AdamWScheduleFree",
     "Adafactor",
+    "SOAP",
     "lr_scheduler",
     "clip_grad_norm_",
     "clip_grad_value_",
