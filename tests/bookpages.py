@@ -16,7 +16,8 @@ MEASURE_JS = """(column) => {
     .filter(pre => !pre.closest('.cell_output'));
   const lines = code.flatMap(pre => pre.innerText.replace(/\\n$/, '').split('\\n'));
   const wide = lines.filter(l => l.length > column);
-  const showdoc = code.filter(pre => pre.innerText.includes('show_doc('));
+  const showdoc = code.filter(pre => pre.closest('.cell_input') &&
+                                    pre.innerText.includes('show_doc('));
   const merror = article.querySelectorAll('mjx-merror').length;
   const backslash = [...article.querySelectorAll('mjx-container')]
     .filter(m => m.querySelector('mjx-c.mjx-c5C')).length;

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 # %% auto #0
-__all__ = ['COLORS', 'COLUMN_INCHES', 'HOUSE_STYLE', 'color_for', 'subplots', 'trajectory', 'plot_contours', 'plot_trajectories',
-           'plot_losses', 'steps_to_reach', 'plot_schedule']
+__all__ = ['COLORS', 'COLUMN_INCHES', 'HOUSE_STYLE', 'color_for', 'variant_colors', 'subplots', 'trajectory', 'plot_contours',
+           'plot_trajectories', 'plot_losses', 'steps_to_reach', 'plot_schedule']
 
 # %% ../../nbs/02b_viz.ipynb #c4747ba3
 COLORS = {
@@ -61,6 +61,19 @@ def color_for(
     return _assigned.setdefault(
         label, _FALLBACK[len(_assigned) % len(_FALLBACK)]
     )
+
+
+def variant_colors(
+    labels,  # labels of variants of one optimizer, e.g. 'RMSprop centered'
+) -> dict:
+    "Colours telling variants apart: the first keeps its optimizer's colour."
+    first = color_for(labels[0])
+    others = [c for c in _VARIANT_COLORS if c != first]
+    return {label: first if i == 0 else others[(i - 1) % len(others)]
+            for i, label in enumerate(labels)}
+
+
+_VARIANT_COLORS = ["black", "tab:orange", "tab:cyan", "tab:green", "tab:red"]
 
 # %% ../../nbs/02b_viz.ipynb #40a11e90
 COLUMN_INCHES = 6.8  # the book's column: 688 px at 100 dpi
@@ -132,6 +145,10 @@ def _axes(ax):
     return ax if ax is not None else subplots(height=4.2)[1]
 
 
+def _color(label, colors=None):
+    return (colors or {}).get(label) or color_for(label)
+
+
 def _line_styles(labels):
     "One line style per label: runs that share a colour (one optimizer, several settings) get different styles."
     styles, seen, out = ["-", "--", ":", "-."], {}, []
@@ -198,11 +215,12 @@ def plot_trajectories(
     title: str = None,  # plot title (default: the function's name)
     levels=None,  # contour levels; default: geometric in f - f_min
     markers: bool = True,  # mark every visited point
+    colors: dict = None,  # label -> colour, for variants of one optimizer
 ):
     "Paths of several optimizers on the contours of `f`, start and minima marked; returns the Axes."
     ax = plot_contours(f, ax=ax, title=title, levels=levels)
     for (label, points), style in zip(runs.items(), _line_styles(runs)):
-        points, color = np.asarray(points), color_for(label)
+        points, color = np.asarray(points), _color(label, colors)
         ax.plot(
             points[:, 0],
             points[:, 1],
@@ -233,6 +251,7 @@ def plot_losses(
     title: str = None,  # plot title
     log: bool = True,  # logarithmic y axis
     ylabel: str = "$f(x) - f_{\\min}$",  # y-axis label
+    colors: dict = None,  # label -> colour, for variants of one optimizer
 ):
     "Loss (or distance to the minimum value) against step for several runs; returns the Axes."
     ax = _axes(ax)
@@ -244,7 +263,7 @@ def plot_losses(
             np.arange(len(values)),
             values,
             style,
-            color=color_for(label),
+            color=_color(label, colors),
             label=label,
         )
     if log:
