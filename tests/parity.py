@@ -12,8 +12,9 @@ from conftest import require_torch
 # Group keys that only PyTorch has (they select its CUDA-graph and autograd machinery).
 TORCH_ONLY_GROUP_KEYS = {"capturable", "differentiable"}
 # minima has `fused` (a compiled loop) for every elementwise optimizer, torch for four of them; reference packages
-# beyond torch (lion-pytorch, ...) have neither `foreach` nor `fused`, which minima's groups carry.
-BEYOND_TORCH_GROUP_KEYS = {"fused", "foreach"}
+# beyond torch (lion-pytorch, ...) have neither `foreach` nor `fused`, which minima's groups carry. Muon's
+# `ns_dtype` chooses the dtype of its Newton-Schulz iteration (torch's is always bfloat16).
+BEYOND_TORCH_GROUP_KEYS = {"fused", "foreach", "ns_dtype"}
 
 
 def expected_group_keys(mine, ref):
