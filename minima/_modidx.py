@@ -686,6 +686,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'minima.optim.swa_utils._inexact': ('averaging.html#_inexact', 'minima/optim/swa_utils.py'),
                                         'minima.optim.swa_utils._linear_anneal': ( 'averaging.html#_linear_anneal',
                                                                                    'minima/optim/swa_utils.py'),
+                                        'minima.optim.swa_utils._torch_promoted': ( 'averaging.html#_torch_promoted',
+                                                                                    'minima/optim/swa_utils.py'),
                                         'minima.optim.swa_utils._update_parameters': ( 'averaging.html#_update_parameters',
                                                                                        'minima/optim/swa_utils.py'),
                                         'minima.optim.swa_utils.get_ema_avg_fn': ( 'averaging.html#get_ema_avg_fn',
