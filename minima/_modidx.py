@@ -766,6 +766,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'minima.training._Progress.update': ('training.html#_progress.update', 'minima/training.py'),
                                  'minima.training._check_fit_args': ('training.html#_check_fit_args', 'minima/training.py'),
                                  'minima.training._default_metrics': ('training.html#_default_metrics', 'minima/training.py'),
+                                 'minima.training._optimizer_mode': ('training.html#_optimizer_mode', 'minima/training.py'),
                                  'minima.training._record_epoch': ('training.html#_record_epoch', 'minima/training.py'),
                                  'minima.training._train_step': ('training.html#_train_step', 'minima/training.py'),
                                  'minima.training.accuracy': ('training.html#accuracy', 'minima/training.py'),

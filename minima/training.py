@@ -34,32 +34,25 @@ def _default_metrics(target) -> dict:
 # %% ../nbs/13c_training.ipynb #a94587fe
 @dataclass
 class History:
-    "What `fit` records: the loss, learning rate and gradient norm of every step, the losses and metrics of every epoch."
+    """What `fit` records: the loss, learning rate and gradient norm of
+    every step, the losses and metrics of every epoch."""
 
-    loss: list = field(
-        default_factory=list
-    )  # per step: the training loss of its batch
-    lr: list = field(
-        default_factory=list
-    )  # per step: the lr of the first parameter group, as used by the step
-    grad_norm: list = field(
-        default_factory=list
-    )  # per step: the total gradient norm, before clipping
-    train_loss: list = field(
-        default_factory=list
-    )  # per epoch: mean training loss over its examples
-    valid_loss: list = field(
-        default_factory=list
-    )  # per epoch: validation loss after it (nan without validation data)
-    train_metrics: dict = field(
-        default_factory=dict
-    )  # name -> per-epoch values on the training batches
-    valid_metrics: dict = field(
-        default_factory=dict
-    )  # name -> per-epoch values on the validation data
-    epoch_time: list = field(
-        default_factory=list
-    )  # per epoch: seconds of training and validation
+    # per step: the training loss of its batch
+    loss: list = field(default_factory=list)
+    # per step: the lr of the first parameter group, as used by the step
+    lr: list = field(default_factory=list)
+    # per step: the total gradient norm, before clipping
+    grad_norm: list = field(default_factory=list)
+    # per epoch: mean training loss over its examples
+    train_loss: list = field(default_factory=list)
+    # per epoch: validation loss after it (nan without validation data)
+    valid_loss: list = field(default_factory=list)
+    # name -> per-epoch values on the training batches
+    train_metrics: dict = field(default_factory=dict)
+    # name -> per-epoch values on the validation data
+    valid_metrics: dict = field(default_factory=dict)
+    # per epoch: seconds of training and validation
+    epoch_time: list = field(default_factory=list)
 
     @property
     def train_accuracy(self) -> list:
@@ -90,14 +83,16 @@ def _check_fit_args(epochs, clip, metrics):
         and all(callable(f) for f in metrics.values())
     ):
         raise TypeError(
-            f"metrics must be a dict from names to functions `f(output, target) -> float`, got {metrics!r}"
+            "metrics must be a dict from names to functions "
+            f"`f(output, target) -> float`, got {metrics!r}"
         )
 
 # %% ../nbs/13c_training.ipynb #ac5727f1
 def _train_step(
     model, loss_fn, optimizer, scheduler, params, clip, xb, yb, history
 ):
-    "One optimizer step on one batch; records loss, lr and gradient norm; returns the model's output."
+    """One optimizer step on one batch; records loss, lr and gradient
+    norm; returns the model's output."""
     output = model(Tensor(xb))
     loss = loss_fn(output, yb)
     optimizer.zero_grad()
@@ -118,7 +113,8 @@ def _train_step(
 
 # %% ../nbs/13c_training.ipynb #bb33bac6
 class _Averages:
-    "Means over examples of the loss and the metrics, from per-batch values weighted by batch size."
+    """Means over examples of the loss and the metrics, from per-batch
+    values weighted by batch size."""
 
     def __init__(self, metrics):
         self.metrics, self.n, self.sums = (
@@ -145,10 +141,12 @@ def evaluate(
     model,  # called on a Tensor batch, returns a Tensor of outputs
     loss_fn,  # `loss_fn(output, target)` returns a scalar Tensor
     loader,  # an iterable of `(x, y)` batches
-    metrics: dict
-    | None = None,  # name -> `f(output, target) -> float`; accuracy for integer targets if None
+    # name -> `f(output, target) -> float`; None: accuracy for integer
+    # targets
+    metrics: dict | None = None,
 ) -> dict:
-    "Mean loss and metrics over `loader`, in eval mode and without recording gradients."
+    """Mean loss and metrics over `loader`, in eval mode and without
+    recording gradients."""
     was_training, averages = getattr(model, "training", True), None
     if hasattr(model, "eval"):
         model.eval()
@@ -169,7 +167,8 @@ def evaluate(
 
 # %% ../nbs/13c_training.ipynb #425d9b33
 class _Progress:
-    "One line per epoch: a tqdm bar where tqdm is installed, printed lines otherwise, nothing when off."
+    """One line per epoch: a tqdm bar where tqdm is installed, printed
+    lines otherwise, nothing when off."""
 
     def __init__(self, epochs, progress):
         self.bar, self.on = None, bool(progress)
@@ -183,7 +182,8 @@ class _Progress:
             total=epochs,
             unit="epoch",
             file=sys.stdout,
-            bar_format="{n_fmt}/{total_fmt} epochs |{bar:20}| {elapsed}<{remaining}{postfix}",
+            bar_format="{n_fmt}/{total_fmt} epochs |{bar:20}| "
+            "{elapsed}<{remaining}{postfix}",
         )
 
     def update(self, epoch, epochs, record: dict):
@@ -203,21 +203,35 @@ class _Progress:
             self.bar.close()
 
 # %% ../nbs/13c_training.ipynb #6e444098
+def _optimizer_mode(optimizer, train: bool):
+    "`optimizer.train()` or `.eval()`, for the optimizers that have modes."
+    method = getattr(optimizer, "train" if train else "eval", None)
+    if callable(method):
+        method()
+
+
 def fit(
-    model,  # a Module (or any callable with `.parameters()`), called on a Tensor batch
+    model,  # a Module, or a callable with `.parameters()`
     loss_fn,  # `loss_fn(output, target)` returns a scalar Tensor
-    optimizer,  # updates the parameters; its groups name the parameters to train
-    train_loader,  # an iterable of `(x, y)` batches, e.g. a `DataLoader`, iterated once per epoch
+    optimizer,  # its groups name the parameters to train
+    train_loader,  # an iterable of `(x, y)` batches, once per epoch
     valid_loader=None,  # batches to evaluate after each epoch, or None
     epochs: int = 1,  # passes over `train_loader`
-    scheduler=None,  # stepped after every batch; a `ReduceLROnPlateau` after every epoch with the validation loss
-    clip: float
-    | None = None,  # clip the total gradient norm to this value before each step
-    progress: bool = True,  # show progress: a tqdm bar if tqdm is installed, printed lines otherwise
-    metrics: dict
-    | None = None,  # name -> `f(output, target) -> float`; accuracy for integer targets if None
+    # stepped after every batch; a `ReduceLROnPlateau` after every
+    # epoch, with the validation loss
+    scheduler=None,
+    # clip the total gradient norm to this value before each step
+    clip: float | None = None,
+    # a tqdm bar if tqdm is installed, printed lines otherwise
+    progress: bool = True,
+    # name -> `f(output, target) -> float`; None: accuracy for integer
+    # targets
+    metrics: dict | None = None,
 ) -> History:
-    "Train `model`: forward, loss, backward, optional clipping, step, schedule; evaluate after each epoch."
+    """Train `model`: forward, loss, backward, optional clipping, step,
+    schedule; evaluate after each epoch. An optimizer with modes
+    (schedule-free) is put in train mode for the steps and in eval mode
+    after each epoch, and is left in eval mode."""
     _check_fit_args(epochs, clip, metrics)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     history, bar = History(), _Progress(epochs, progress)
@@ -226,6 +240,7 @@ def fit(
             start, averages = time.perf_counter(), None
             if hasattr(model, "train"):
                 model.train()
+            _optimizer_mode(optimizer, train=True)
             for xb, yb in train_loader:
                 averages = averages or _Averages(
                     _default_metrics(yb) if metrics is None else metrics
@@ -242,6 +257,7 @@ def fit(
                     history,
                 )
                 averages.add(loss, output, yb)
+            _optimizer_mode(optimizer, train=False)
             train = averages.means() if averages else {"loss": math.nan}
             valid = (
                 evaluate(model, loss_fn, valid_loader, metrics)
@@ -291,11 +307,16 @@ def plot_history(
     label: str | None = None,  # legend label of this run
     color=None,  # line colour
 ):
-    "Three panels: training loss per step and per epoch (log scale), accuracy per epoch, learning rate per step."
-    import matplotlib.pyplot as plt  # imported here: minima does not need matplotlib to train
+    """Three panels: the training loss per step and per epoch (log scale,
+    across the top), the accuracy per epoch and the learning rate per step
+    (below)."""
+    # imported here: minima does not need matplotlib to train
+    import matplotlib.pyplot as plt
 
     if axes is None:
-        axes = plt.subplots(1, 3, figsize=(13, 3.6))[1]
+        fig = plt.figure(figsize=(7, 5.6), layout="constrained")
+        panels = fig.subplot_mosaic([["loss", "loss"], ["acc", "lr"]])
+        axes = [panels["loss"], panels["acc"], panels["lr"]]
     ax_loss, ax_acc, ax_lr = axes
     steps = np.arange(1, len(history.loss) + 1)
     per_epoch = len(history.loss) / max(len(history.train_loss), 1)
@@ -344,5 +365,5 @@ def plot_history(
     ax_lr.set(xlabel="step", ylabel="learning rate", title="Learning rate")
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=9)
     return axes

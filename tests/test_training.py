@@ -52,6 +52,7 @@ def torch_fit(torch, twin, opt, train, valid, epochs, sched=None, clip=None):
     F = torch.nn.functional
     for _ in range(epochs):
         twin.train()
+        if hasattr(opt, "train"): opt.train()                  # schedulefree's modes
         for xb, yb in train:
             loss = F.cross_entropy(twin(torch.from_numpy(xb)), torch.from_numpy(yb))
             opt.zero_grad(); loss.backward()
@@ -63,6 +64,7 @@ def torch_fit(torch, twin, opt, train, valid, epochs, sched=None, clip=None):
             if sched is not None and not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau): sched.step()
             out["loss"].append(loss.item()); out["grad_norm"].append(float(norm))
         twin.eval()
+        if hasattr(opt, "eval"): opt.eval()
         with torch.no_grad():
             n, total, correct = 0, 0.0, 0
             for xb, yb in valid:
@@ -145,6 +147,45 @@ def test_reduce_on_plateau_is_stepped_per_epoch_with_the_validation_loss(torch):
 
 # ------------------------------------------------------------------------------------------
 # Invariants of the loop.
+
+@pytest.mark.parametrize("which", ["AdamWScheduleFree", "SGDScheduleFree"])
+def test_schedule_free_matches_schedulefree_evaluated_at_x(torch, which):
+    "fit calls train() before the steps and eval() after: validation at x, as schedulefree's loop."
+    schedulefree = pytest.importorskip("schedulefree")
+    from minima.optim import schedule_free
+    kwargs = dict(lr=3e-3, warmup_steps=5) if which == "AdamWScheduleFree" else dict(lr=0.3, warmup_steps=5)
+    h, ref, model, twin = run_both(torch, lambda mp, tp: (getattr(schedule_free, which)(mp, **kwargs),
+                                                          getattr(schedulefree, which)(tp, **kwargs)))
+    assert_same_run(h, ref, model, twin)
+
+
+def test_fit_leaves_a_schedule_free_optimizer_in_eval_mode_at_x():
+    from minima.optim.schedule_free import AdamWScheduleFree
+    model = make_model()
+    opt = AdamWScheduleFree(model.parameters(), lr=3e-3)
+    assert not opt.param_groups[0]["train_mode"]                # it starts in eval mode: step() would raise
+    train, valid = loaders()
+    h = fit(model, nn.CrossEntropyLoss(), opt, train, valid, epochs=2, progress=False)
+    assert not opt.param_groups[0]["train_mode"]
+    for p in model.parameters():
+        assert np.array_equal(p.data, opt.state[p]["x"])        # the parameters hold the average x
+    assert evaluate(model, nn.CrossEntropyLoss(), valid)["loss"] == h.valid_loss[-1]
+    opt.train()                                                  # y differs from x: the modes matter
+    assert evaluate(model, nn.CrossEntropyLoss(), valid)["loss"] != h.valid_loss[-1]
+
+
+def test_fit_calls_optimizer_modes_around_every_epoch():
+    calls = []
+    class Moded(SGD):
+        def train(self): calls.append("train")
+        def eval(self): calls.append("eval")
+        def step(self, closure=None):
+            calls.append("step"); return super().step(closure)
+    model = make_model()
+    train, valid = loaders()
+    fit(model, nn.CrossEntropyLoss(), Moded(model.parameters(), lr=0.1), train, valid, epochs=2, progress=False)
+    assert calls == (["train"] + ["step"] * len(train) + ["eval"]) * 2
+
 
 def test_history_shapes_and_epoch_means():
     train, valid = loaders()
