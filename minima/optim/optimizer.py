@@ -85,7 +85,7 @@ def _checked_group(param_group, defaults: dict) -> dict:
 
 # %% ../../nbs/03_optimizer.ipynb #b61ce6fb
 def _split_names(params: list) -> tuple:
-    "`(params, names)`: `(name, parameter)` pairs split, as PyTorch (names None when there are none)."
+    "`(params, names)` from `(name, parameter)` pairs (names None if none)."
     names = [p[0] for p in params if isinstance(p, tuple)]
     params = [p[1] if isinstance(p, tuple) else p for p in params]
     if not names:
@@ -99,7 +99,7 @@ def _split_names(params: list) -> tuple:
 
 
 def _check_names_agree(groups: list, group: dict):
-    "Refuse a group with names among groups without (or the reverse), PyTorch's message."
+    "Refuse a group with names among groups without (or the reverse)."
     for other in groups:
         if ("param_names" in group) != ("param_names" in other):
             kind = "with" if "param_names" in group else "without"
@@ -138,7 +138,7 @@ def _check_loadable(groups: list, saved_groups: list):
 
 # %% ../../nbs/03_optimizer.ipynb #b34656dd
 def _check_state_fits(opt, saved_groups: list, state: dict):
-    "Refuse a state array shaped like its parameter (`_state_keys`) whose shape or kind does not fit."
+    "Refuse a state array of `_state_keys` not shaped or typed as its parameter."
     for g, (saved, group) in enumerate(zip(saved_groups, opt.param_groups)):
         keys = opt._state_keys({**opt.defaults, **saved})
         names = group.get("param_names", saved.get("param_names"))
@@ -364,10 +364,15 @@ class Optimizer:
             packed = copy.deepcopy(
                 {k: v for k, v in group.items() if k != "params"}
             )
-            for i, p in enumerate(group["params"], start):
-                index.setdefault(id(p), i)  # a duplicate keeps its first
+            index.update(  # PyTorch's numbering, even for duplicates
+                {
+                    id(p): i
+                    for i, p in enumerate(group["params"], start)
+                    if id(p) not in index
+                }
+            )
             packed["params"] = [index[id(p)] for p in group["params"]]
-            start += len(group["params"])  # PyTorch's numbering
+            start += len(group["params"])
             packed_groups.append(packed)
         state = {
             index.get(id(p), p): copy.deepcopy(s)
