@@ -269,6 +269,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'minima.optim.lookahead': { 'minima.optim.lookahead.Lookahead': ('lookahead.html#lookahead', 'minima/optim/lookahead.py'),
                                         'minima.optim.lookahead.Lookahead.__init__': ( 'lookahead.html#lookahead.__init__',
                                                                                        'minima/optim/lookahead.py'),
+                                        'minima.optim.lookahead.Lookahead._check_slow_shapes': ( 'lookahead.html#lookahead._check_slow_shapes',
+                                                                                                 'minima/optim/lookahead.py'),
                                         'minima.optim.lookahead.Lookahead._init_group': ( 'lookahead.html#lookahead._init_group',
                                                                                           'minima/optim/lookahead.py'),
                                         'minima.optim.lookahead.Lookahead._parameters': ( 'lookahead.html#lookahead._parameters',

@@ -4,7 +4,7 @@ Names: the groups, `state_dict()` and the errors are held to torch 2.13's; every
 the same numbers with and without names (the names only label). Refusals: a state array of the wrong shape or
 kind raises a ValueError naming the parameter, before anything changes.
 """
-import copy, warnings
+import copy, re, warnings
 import numpy as np
 import pytest
 from parity import Param, TORCH_ONLY_GROUP_KEYS, assert_close
@@ -404,3 +404,33 @@ def test_base_optimizer_without_state_keys_loads():
     opt = Plain([p])
     opt.load_state_dict({"state": {0: {"anything": np.zeros(7)}}, "param_groups": [{"lr": 0.2, "params": [0]}]})
     assert opt.param_groups[0]["lr"] == 0.2 and opt.state[p]["anything"].shape == (7,)
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_lookahead_refuses_slow_copies_of_another_shape_before_the_inner_load(named):
+    def build(shapes, seed):
+        rng = np.random.default_rng(seed)
+        ps = [Param(rng.standard_normal(s)) for s in shapes]
+        opt = Lookahead(SGD(list(zip(NAMES, ps)) if named else ps, lr=0.1, momentum=0.9), k=2)
+        for _ in range(3):
+            for p in ps:
+                p.grad = rng.standard_normal(p.data.shape)
+            opt.step()
+        return ps, opt
+
+    _, src = build([(3,), (2, 2)], 0)
+    ps, dst = build([(3,), (4,)], 1)
+    sd = src.state_dict()
+    before = copy.deepcopy(dst.state_dict())
+    data = [p.data.copy() for p in ps]
+    where = "parameter 1 of group 0" + (" ('fc.bias')" if named else "")
+    with pytest.raises(ValueError, match=re.escape(
+            f"{where}: state 'slow_params' has shape (2, 2), but the parameter has shape (4,)")):
+        dst.load_state_dict(sd)
+    after = dst.state_dict()
+    assert_state_dicts_equal(after["base_optimizer"], before["base_optimizer"])
+    for key, state in before["lookahead_state"].items():
+        for n, v in state.items():
+            np.testing.assert_array_equal(after["lookahead_state"][key][n], v)
+    for p, d in zip(ps, data):
+        np.testing.assert_array_equal(p.data, d)
