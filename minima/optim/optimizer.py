@@ -291,8 +291,8 @@ class Optimizer:
     ):
         "Add a group of parameters, e.g. layers unfrozen during fine-tuning."
         group = _checked_group(param_group, self.defaults)
-        _check_names_agree(self.param_groups, group)
         seen = {id(p) for g in self.param_groups for p in g["params"]}
+        _check_names_agree(self.param_groups, group)  # PyTorch's order
         if any(id(p) in seen for p in group["params"]):
             raise ValueError(
                 "some parameters appear in more than one parameter group"
