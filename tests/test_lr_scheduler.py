@@ -499,3 +499,73 @@ def test_plot_schedule_draws_the_lr_each_step_uses():
     momentum = ax.figure.axes[-1].lines[0].get_ydata()
     assert momentum[0] == pytest.approx(0.95) and min(momentum) == pytest.approx(0.85, abs=1e-3)
     assert ax.get_title() == "one cycle"
+
+
+# --- OneCycleLR and a state dict written by an older torch (no `_anneal_func_type`, an `anneal_func` instead) ---
+def older_torch_state(torch, sd, strategy):
+    "What an older torch saved: its bound annealing function instead of the name, no `_is_initial`, a `verbose`."
+    old = {k: v for k, v in sd.items() if k not in ("_anneal_func_type", "_is_initial")}
+    annealing = torch.optim.lr_scheduler.OneCycleLR
+    old["anneal_func"] = annealing._annealing_cos if strategy == "cos" else annealing._annealing_linear
+    old["verbose"] = False
+    return old
+
+
+def one_cycle_pair(torch, strategy):
+    o, to = minima_sgd(), torch_sgd(torch)
+    kw = dict(max_lr=0.1, total_steps=40, anneal_strategy=strategy)
+    return o, M.OneCycleLR(o, **kw), to, torch.optim.lr_scheduler.OneCycleLR(to, **kw)
+
+
+def assert_one_cycle_steps_agree(o, s, to, ts, steps):
+    for k in range(steps):
+        o.step(); to.step(); s.step(); ts.step()
+        np.testing.assert_allclose(s.get_last_lr(), ts.get_last_lr(), rtol=RTOL, err_msg=f"lr at step {k}")
+        for g, tg in zip(o.param_groups, to.param_groups):
+            np.testing.assert_allclose(g["momentum"], tg["momentum"], rtol=RTOL, err_msg=f"momentum at step {k}")
+
+
+@pytest.mark.parametrize("saved,current", [("linear", "linear"), ("linear", "cos"), ("cos", "linear")])
+def test_one_cycle_loads_an_older_torch_state_dict(torch, saved, current):
+    "Loaded into a new scheduler the old dict keeps the new one's strategy, as torch's (its `_anneal_func_type`)."
+    _, _, src_o, src = one_cycle_pair(torch, saved)
+    for _ in range(7):
+        src_o.step(); src.step()
+    old = older_torch_state(torch, src.state_dict(), saved)
+    o, s, to, ts = one_cycle_pair(torch, current)
+    s.load_state_dict(dict(old)); ts.load_state_dict(dict(old))
+    assert s.last_epoch == ts.last_epoch == 7
+    assert_one_cycle_steps_agree(o, s, to, ts, 30)
+
+
+@pytest.mark.parametrize("saved", ["linear", "cos"])
+def test_one_cycle_without_anneal_func_type_uses_the_stored_function(torch, saved):
+    "An older torch's scheduler object (no `_anneal_func_type` at all): torch falls back to `anneal_func`."
+    _, _, src_o, src = one_cycle_pair(torch, saved)
+    for _ in range(7):
+        src_o.step(); src.step()
+    old = older_torch_state(torch, src.state_dict(), saved)
+    other = "cos" if saved == "linear" else "linear"
+    o, s, to, ts = one_cycle_pair(torch, other)
+    s.load_state_dict(dict(old)); ts.load_state_dict(dict(old))
+    del s._anneal_func_type, ts._anneal_func_type
+    assert_one_cycle_steps_agree(o, s, to, ts, 30)
+    # and the stored function, not the constructor's strategy, made those numbers
+    o2, s2, to2, ts2 = one_cycle_pair(torch, saved)
+    s2.load_state_dict(dict(old))
+    for _ in range(30):
+        o2.step(); s2.step()
+    assert s2.get_last_lr() == s.get_last_lr()
+
+
+def test_one_cycle_unknown_anneal_func_type_raises_as_torch(torch):
+    o, s, to, ts = one_cycle_pair(torch, "cos")
+    sd = ts.state_dict()
+    sd["_anneal_func_type"] = "exp"
+    s.load_state_dict(dict(sd)); ts.load_state_dict(dict(sd))
+    o.step(); to.step()
+    with pytest.raises(ValueError) as theirs:
+        ts.step()
+    with pytest.raises(ValueError) as mine:
+        s.step()
+    assert str(mine.value) == str(theirs.value) == "Unknown _anneal_func_type: exp"

@@ -196,6 +196,22 @@ class Lookahead(Optimizer):
             "base_optimizer": self.optimizer.state_dict(),
         }
 
+    def _check_slow_shapes(self, saved: dict):
+        "Refuse slow copies not shaped as their parameters (as the base)."
+        for i, group in enumerate(self.param_groups):
+            names = group.get("param_names")
+            for j, p in enumerate(group["params"]):
+                for key, v in saved[i, j].items():
+                    if isinstance(v, np.ndarray) and v.shape != p.data.shape:
+                        where = f"parameter {j} of group {i}" + (
+                            f" ({names[j]!r})" if names else ""
+                        )
+                        raise ValueError(
+                            f"loaded state dict does not fit {where}: state "
+                            f"{key!r} has shape {v.shape}, but the "
+                            f"parameter has shape {p.data.shape}"
+                        )
+
     def load_state_dict(self, state_dict: dict):
         "Load what `state_dict()` saved, refusing a state for other parameters."
         saved = state_dict["lookahead_state"]
@@ -211,6 +227,7 @@ class Lookahead(Optimizer):
             raise ValueError(
                 "lookahead state does not match the current parameters"
             )
+        self._check_slow_shapes(saved)  # before the inner load changes it
         self.optimizer.load_state_dict(state_dict["base_optimizer"])
 
         def own(v, p):

@@ -984,9 +984,14 @@ class OneCycleLR(LRScheduler):
 
     def _anneal(self, start, end, pct):
         "Interpolate from `start` (pct=0) to `end` (pct=1)."
-        if self._anneal_func_type == "cos":
+        if not hasattr(self, "_anneal_func_type"):  # an older torch's
+            return self.anneal_func(start, end, pct)  # object: its function
+        kind = self._anneal_func_type
+        if kind == "cos":
             return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
-        return (end - start) * pct + start
+        if kind == "linear":
+            return (end - start) * pct + start
+        raise ValueError(f"Unknown _anneal_func_type: {kind}")
 
     def get_lr(self):
         _warn_if_outside_step(self)

@@ -64,12 +64,15 @@ def _checked_group(param_group, defaults: dict) -> dict:
             "tensors in sets will change between runs. Please use a list instead."
         )
     params = [params] if is_parameter(params) else list(params)
+    params, names = _split_names(params)
     for p in params:
         if not is_parameter(p):
             raise TypeError(
                 f"optimizer can only optimize Tensors, but one of the params is {_type_name(p)}"
             )
     group = {**param_group, "params": params}
+    if names is not None:
+        group["param_names"] = names
     for name, value in defaults.items():
         group.setdefault(name, value)
     if len({id(p) for p in params}) != len(params):
@@ -79,6 +82,31 @@ def _checked_group(param_group, defaults: dict) -> dict:
             stacklevel=3,
         )
     return group
+
+# %% ../../nbs/03_optimizer.ipynb #b61ce6fb
+def _split_names(params: list) -> tuple:
+    "`(params, names)` from `(name, parameter)` pairs (names None if none)."
+    names = [p[0] for p in params if isinstance(p, tuple)]
+    params = [p[1] if isinstance(p, tuple) else p for p in params]
+    if not names:
+        return params, None
+    if len(names) != len(params):
+        raise ValueError(
+            "all optimizer params should be with/without names. "
+            "Some param names are missing"
+        )
+    return params, names
+
+
+def _check_names_agree(groups: list, group: dict):
+    "Refuse a group with names among groups without (or the reverse)."
+    for other in groups:
+        if ("param_names" in group) != ("param_names" in other):
+            kind = "with" if "param_names" in group else "without"
+            raise ValueError(
+                "all optimizer param groups should be with/without names. "
+                f"cannot add param group {kind} names to the optimizer"
+            )
 
 # %% ../../nbs/03_optimizer.ipynb #5dbc9955
 def _cast_state(value, param, key=None):
@@ -107,6 +135,38 @@ def _check_loadable(groups: list, saved_groups: list):
         raise ValueError(
             "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
         )
+
+# %% ../../nbs/03_optimizer.ipynb #b34656dd
+def _check_state_fits(opt, saved_groups: list, state: dict):
+    "Refuse a state array of `_state_keys` not shaped or typed as its parameter."
+    for g, (saved, group) in enumerate(zip(saved_groups, opt.param_groups)):
+        keys = opt._state_keys({**opt.defaults, **saved})
+        names = group.get("param_names", saved.get("param_names"))
+        for j, (k, p) in enumerate(zip(saved["params"], group["params"])):
+            entries = state.get(k)
+            if not isinstance(entries, dict):
+                continue
+            where = f"parameter {j} of group {g}" + (
+                f" ({names[j]!r})" if names else ""
+            )
+            for key in keys:
+                value = entries.get(key)
+                if not isinstance(value, np.ndarray):
+                    continue
+                if value.shape != p.data.shape:
+                    raise ValueError(
+                        f"loaded state dict does not fit {where}: state "
+                        f"{key!r} has shape {value.shape}, but the "
+                        f"parameter has shape {p.data.shape}"
+                    )
+                if value.dtype.kind not in "fc" or np.iscomplexobj(
+                    value
+                ) != np.iscomplexobj(p.data):
+                    raise ValueError(
+                        f"loaded state dict does not fit {where}: state "
+                        f"{key!r} has dtype {value.dtype}, but the "
+                        f"parameter has dtype {p.data.dtype}"
+                    )
 
 # %% ../../nbs/03_optimizer.ipynb #4fe4de43
 class _HookHandle:
@@ -232,6 +292,7 @@ class Optimizer:
         "Add a group of parameters, e.g. layers unfrozen during fine-tuning."
         group = _checked_group(param_group, self.defaults)
         seen = {id(p) for g in self.param_groups for p in g["params"]}
+        _check_names_agree(self.param_groups, group)  # PyTorch's order
         if any(id(p) in seen for p in group["params"]):
             raise ValueError(
                 "some parameters appear in more than one parameter group"
@@ -298,14 +359,20 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         "The state and the groups as plain data, parameters replaced by their index (PyTorch's layout)."
-        index, packed_groups = {}, []
+        index, packed_groups, start = {}, [], 0
         for group in self.param_groups:
             packed = copy.deepcopy(
                 {k: v for k, v in group.items() if k != "params"}
             )
-            for p in group["params"]:
-                index.setdefault(id(p), len(index))
+            index.update(  # PyTorch's numbering, even for duplicates
+                {
+                    id(p): i
+                    for i, p in enumerate(group["params"], start)
+                    if id(p) not in index
+                }
+            )
             packed["params"] = [index[id(p)] for p in group["params"]]
+            start += len(group["params"])
             packed_groups.append(packed)
         state = {
             index.get(id(p), p): copy.deepcopy(s)
@@ -320,6 +387,7 @@ class Optimizer:
         "Load state and hyper-parameters saved by `state_dict()` into this optimizer's parameters."
         saved_groups = copy.deepcopy(state_dict["param_groups"])
         _check_loadable(self.param_groups, saved_groups)
+        _check_state_fits(self, saved_groups, state_dict["state"])
         params_by_index = {
             i: p
             for s, g in zip(saved_groups, self.param_groups)
@@ -333,6 +401,8 @@ class Optimizer:
                 state[k] = copy.deepcopy(v)
         for saved, group in zip(saved_groups, self.param_groups):
             saved["params"] = group["params"]
+            if "param_names" in group and "param_names" not in saved:
+                saved["param_names"] = group["param_names"]
             for name, value in self.defaults.items():
                 saved.setdefault(name, value)  # dicts from older versions
         self.state, self.param_groups = state, saved_groups
