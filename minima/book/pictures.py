@@ -36,6 +36,8 @@ COLORS = {
     "Lookahead": "darkslategray",
     "Muon": "darkgoldenrod",
     "SOAP": "mediumseagreen",
+    "SWA": "darkgreen",
+    "EMA": "crimson",
 }
 
 _FALLBACK = [

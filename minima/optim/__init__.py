@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['Optimizer', 'SGD', 'GD', 'Adagrad', 'AdaGrad', 'RMSprop', 'RMSProp', 'Adadelta', 'Adam', 'AdamW', 'Adamax', 'NAdam',
            'RAdam', 'LBFGS', 'Rprop', 'ASGD', 'Lion', 'Prodigy', 'Lookahead', 'SGDScheduleFree', 'AdamWScheduleFree',
-           'Adafactor', 'SOAP', 'lr_scheduler', 'clip_grad_norm_', 'clip_grad_value_', 'clip_grads_with_norm_',
-           'get_total_norm']
+           'Adafactor', 'SOAP', 'Muon', 'lr_scheduler', 'swa_utils', 'clip_grad_norm_', 'clip_grad_value_',
+           'clip_grads_with_norm_', 'get_total_norm']
 
 # %% ../../nbs/99_api.ipynb #7119efac
 # The optimizer classes, the schedulers module and the clipping functions, as in `torch.optim`.
@@ -32,7 +32,8 @@ from .lookahead import Lookahead
 from .schedule_free import SGDScheduleFree, AdamWScheduleFree
 from .adafactor import Adafactor
 from .soap import SOAP
-from . import lr_scheduler
+from .muon import Muon
+from . import lr_scheduler, swa_utils
 from minima.nn.utils import (
     clip_grad_norm_,
     clip_grad_value_,
@@ -67,7 +68,9 @@ _all_ = [
     "AdamWScheduleFree",
     "Adafactor",
     "SOAP",
+    "Muon",
     "lr_scheduler",
+    "swa_utils",
     "clip_grad_norm_",
     "clip_grad_value_",
     "clip_grads_with_norm_",
