@@ -25,11 +25,15 @@ MEASURE_JS = """(column) => {
     .filter(i => i.naturalWidth > 0 && !i.closest('details:not([open])'))
     .map(i => ({src: i.getAttribute('src'), natural: i.naturalWidth,
                 shown: i.getBoundingClientRect().width}));
-  const overflow = [...article.querySelectorAll('mjx-container[display="true"]')]
-    .filter(m => m.getBoundingClientRect().right >
-                 article.getBoundingClientRect().right + 1).length;
+  // display math wider than the column must scroll inside it, not be cut or spill out
+  const wideMath = [...article.querySelectorAll('mjx-container[display="true"]')]
+    .filter(m => m.scrollWidth > m.clientWidth + 1 ||
+                 m.getBoundingClientRect().right > article.getBoundingClientRect().right + 1);
+  const overflow = wideMath.filter(m =>
+    !['auto', 'scroll'].includes(getComputedStyle(m).overflowX)).length;
   return {lines: lines.length, wide: wide.slice(0, 50), n_wide: wide.length,
-          showdoc: showdoc.length, merror, backslash, figures, overflow};
+          showdoc: showdoc.length, merror, backslash, figures, overflow,
+          scrolling: wideMath.length - overflow};
 }"""
 
 
