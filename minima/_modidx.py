@@ -545,6 +545,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                        'minima/optim/optimizer.py'),
                                         'minima.optim.optimizer._fast_step_for': ( 'optimizer.html#_fast_step_for',
                                                                                    'minima/optim/optimizer.py'),
+                                        'minima.optim.optimizer._grad_error': ('optimizer.html#_grad_error', 'minima/optim/optimizer.py'),
                                         'minima.optim.optimizer._not_optimizable': ( 'optimizer.html#_not_optimizable',
                                                                                      'minima/optim/optimizer.py'),
                                         'minima.optim.optimizer._step_as_real': ( 'optimizer.html#_step_as_real',

@@ -232,7 +232,7 @@ class LBFGS(Optimizer):
         self._params = self.param_groups[0]["params"]
 
     def _flat_grad(self):
-        "All gradients as one new real vector (zeros for a parameter without one); complex ones as pairs of reals."
+        "All gradients in one new real vector (zeros where none)."
         flat = []
         for p in self._params:
             x = view_as_real(p.data)
@@ -243,7 +243,7 @@ class LBFGS(Optimizer):
         return np.concatenate(flat)
 
     def _move(self, t, d):
-        "x += t * d, parameter by parameter, in place (a complex one as its pairs)."
+        "x += t * d, parameter by parameter, in place (complex as pairs)."
         offset = 0
         for p in self._params:
             x = view_as_real(p.data)

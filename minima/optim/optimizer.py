@@ -202,7 +202,7 @@ def elementwise(
 def view_as_real(
     a,  # an array, or any other state value (returned as it is)
 ):
-    "A complex array as the real array of its `(re, im)` pairs, shape `a.shape + (2,)`, in the same memory (`torch.view_as_real`)."
+    "A complex array as its `(re, im)` pairs, `torch.view_as_real`: a view."
     if isinstance(a, np.ndarray) and a.dtype.kind == "c":
         return a[..., None].view(a.real.dtype)
     return a
@@ -212,7 +212,7 @@ def view_as_complex(
     a,  # a value the kernel stored for the complex parameter `like`
     like: np.ndarray,  # the parameter
 ):
-    "Undo `view_as_real`: a real array shaped `like.shape + (2,)` becomes an array of `like`'s complex dtype."
+    "Undo `view_as_real`: pairs shaped `like.shape + (2,)` become complex."
     if (
         like.dtype.kind == "c"
         and isinstance(a, np.ndarray)
@@ -224,7 +224,7 @@ def view_as_complex(
 
 
 def _step_as_real(update, group, datas, grads, states, apply):
-    "`update` on complex arrays seen as pairs of reals; state it stores comes back complex."
+    "`update` on pairs of reals; the state it stores comes back complex."
     real_states = [{k: view_as_real(v) for k, v in s.items()} for s in states]
     given = [dict(r) for r in real_states]
     update(
@@ -251,51 +251,60 @@ def _check_dtypes(
     params: list,  # the parameters of one group
     group_index: int,  # the group's position in `param_groups`
 ):
-    "Refuse a parameter that is neither floating point nor complex, naming its dtype and place."
+    "Refuse a parameter neither floating point nor complex, saying where."
     for j, p in enumerate(params):
         if p.data.dtype.kind not in "fc":
             where = f"parameter {j} of group {group_index}"
             raise _not_optimizable(p.data.dtype, where)
 
 
+def _grad_error(optimizer, g, data, where: str) -> Exception:
+    "What is wrong with the gradient `g` of the parameter array `data`."
+    if data.dtype.kind not in "fc":  # p.data replaced since construction
+        return _not_optimizable(data.dtype, where)
+    if not isinstance(g, np.ndarray):
+        return TypeError(
+            f"the gradient of {where} is a {_type_name(g)}, "
+            "not a numpy.ndarray"
+        )
+    if g.shape != data.shape:
+        return RuntimeError(
+            f"the gradient of {where} has size '{list(g.shape)}' but the "
+            f"parameter has size '{list(data.shape)}'. Please ensure that "
+            "the gradient and the tensor are the same size"
+        )
+    if g.dtype != data.dtype:
+        return RuntimeError(
+            f"the gradient of {where} has dtype {g.dtype} but the parameter "
+            f"has dtype {data.dtype}. The gradient must match the tensor's "
+            "dtype"
+        )
+    return RuntimeError(
+        f"{type(optimizer).__name__} does not support complex parameters"
+    )
+
+
 def _check_grads(optimizer):
-    "Refuse, before a step changes anything, a gradient that does not fit its parameter."
-    complex_ok = getattr(optimizer, "_supports_complex", True)
+    "Refuse a gradient unlike its parameter, before a step changes anything."
+    kinds = "fc" if getattr(optimizer, "_supports_complex", True) else "f"
     for i, group in enumerate(optimizer.param_groups):
         for j, p in enumerate(group["params"]):
             g, data = p.grad, p.data
             if g is None and data.dtype.kind in "fc":
                 continue
-            where = f"parameter {j} of group {i}"
-            if data.dtype.kind not in "fc":  # p.data replaced since
-                raise _not_optimizable(data.dtype, where)
-            if not isinstance(g, np.ndarray):
-                raise TypeError(
-                    f"the gradient of {where} is a {_type_name(g)}, "
-                    "not a numpy.ndarray"
-                )
-            if g.shape != data.shape:
-                raise RuntimeError(
-                    f"the gradient of {where} has size '{list(g.shape)}' "
-                    f"but the parameter has size '{list(data.shape)}'. "
-                    "Please ensure that the gradient and the tensor are "
-                    "the same size"
-                )
-            if g.dtype != data.dtype:
-                raise RuntimeError(
-                    f"the gradient of {where} has dtype {g.dtype} but the "
-                    f"parameter has dtype {data.dtype}. The gradient must "
-                    "match the tensor's dtype"
-                )
-            if data.dtype.kind == "c" and not complex_ok:
-                raise RuntimeError(
-                    f"{type(optimizer).__name__} does not support complex "
-                    "parameters"
-                )
+            if (
+                g is None
+                or not isinstance(g, np.ndarray)
+                or g.shape != data.shape
+                or (g.dtype is not data.dtype and g.dtype != data.dtype)
+                or data.dtype.kind not in kinds
+            ):
+                where = f"parameter {j} of group {i}"
+                raise _grad_error(optimizer, g, data, where)
 
 
 def _checked_step_args(optimizer, args: tuple, kwargs: dict):
-    "Check the gradients now, or, when `step` has a closure, each time the closure has set them."
+    "Check the gradients now or, with a closure, each time it sets them."
     closure = args[1] if len(args) > 1 else kwargs.get("closure")
     if not callable(closure):
         _check_grads(optimizer)
