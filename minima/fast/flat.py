@@ -6,7 +6,7 @@
 from __future__ import annotations
 import operator
 import numpy as np
-from ..optim.optimizer import elementwise
+from ..optim.optimizer import elementwise, view_as_real
 from .fused import compiled, require_numba
 
 # %% auto #0
@@ -312,7 +312,8 @@ def step_tensor_pieces(
         arrays = [p.data, p.grad] + [s.get(k) for k in keys]
         if any(a is None or not a.flags.c_contiguous for a in arrays):
             return False  # reshape would copy
-        data, grad, *state = [a.reshape(-1) for a in arrays]
+        # a complex tensor as its pairs of reals, as the reference
+        data, grad, *state = [view_as_real(a).reshape(-1) for a in arrays]
         zero_d = {k: v for k, v in s.items() if k not in keys}
         firsts.append((s, len(pieces)))
         for lo, hi in _chunk_bounds(data.size, PIECE):

@@ -119,6 +119,8 @@ def _validate(lr, beta2_decay, eps, d, weight_decay):
 class Adafactor(Optimizer):
     "Adafactor (Shazeer & Stern, 2018): factored second moments."
 
+    _supports_complex = False  # PyTorch's Adafactor refuses them at step
+
     def __init__(
         self,
         params,  # parameters, or dicts defining parameter groups

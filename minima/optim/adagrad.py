@@ -128,7 +128,10 @@ class Adagrad(Optimizer):
         state = self.state[p]
         if len(state) == 0:
             state["step"] = np.zeros((), np.float64)
-            state["sum"] = np.full_like(p.data, initial_accumulator_value)
+            init = initial_accumulator_value
+            if p.data.dtype.kind == "c":  # both numbers of each pair
+                init = complex(init, init)
+            state["sum"] = np.full_like(p.data, init)
 
     def _state_keys(self, group):
         "The state array shaped like a parameter: the sum of squares."

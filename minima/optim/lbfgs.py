@@ -6,7 +6,7 @@
 from __future__ import annotations
 from collections import namedtuple
 import numpy as np
-from .optimizer import Optimizer, validate_lr
+from .optimizer import Optimizer, validate_lr, view_as_real
 
 # %% auto #0
 __all__ = ['lbfgs_direction', 'cubic_interpolate', 'strong_wolfe', 'LBFGS']
@@ -232,24 +232,23 @@ class LBFGS(Optimizer):
         self._params = self.param_groups[0]["params"]
 
     def _flat_grad(self):
-        "All gradients as one new vector (zeros for a parameter without one)."
-        return np.concatenate(
-            [
-                np.zeros(p.data.size, p.data.dtype)
-                if p.grad is None
-                else p.grad.reshape(-1)
-                for p in self._params
-            ]
-        )
+        "All gradients in one new real vector (zeros where none)."
+        flat = []
+        for p in self._params:
+            x = view_as_real(p.data)
+            g = None if p.grad is None else view_as_real(p.grad)
+            flat.append(
+                np.zeros(x.size, x.dtype) if g is None else g.reshape(-1)
+            )
+        return np.concatenate(flat)
 
     def _move(self, t, d):
-        "x += t * d, parameter by parameter, in place."
+        "x += t * d, parameter by parameter, in place (complex as pairs)."
         offset = 0
         for p in self._params:
-            p.data += t * d[offset : offset + p.data.size].reshape(
-                p.data.shape
-            )
-            offset += p.data.size
+            x = view_as_real(p.data)
+            x += t * d[offset : offset + x.size].reshape(x.shape)
+            offset += x.size
 
     def _along(self, closure, d):
         "The function of the step length `t` that the line search evaluates: loss and gradient at x + t d."

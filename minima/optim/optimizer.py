@@ -9,9 +9,9 @@ from collections import OrderedDict, defaultdict
 import numpy as np
 
 # %% auto #0
-__all__ = ['is_parameter', 'lerp', 'scalars_in_dtype', 'elementwise', 'Optimizer', 'validate_lr', 'validate_momentum',
-           'validate_weight_decay', 'validate_eps', 'validate_betas', 'validate_fused', 'params_with_grad',
-           'register_fast_step', 'param_groups_no_decay']
+__all__ = ['is_parameter', 'lerp', 'scalars_in_dtype', 'elementwise', 'view_as_real', 'view_as_complex', 'Optimizer',
+           'validate_lr', 'validate_momentum', 'validate_weight_decay', 'validate_eps', 'validate_betas',
+           'validate_fused', 'params_with_grad', 'register_fast_step', 'param_groups_no_decay']
 
 # %% ../../nbs/03_optimizer.ipynb #ee8278f9
 def is_parameter(obj) -> bool:
@@ -205,9 +205,10 @@ def _with_step_hooks(step):
                         f"{step} must return None or a tuple of (new_args, new_kwargs), but got {result}."
                     )
                 args, kwargs = result
+        call_args, call_kwargs = _checked_step_args(self, args, kwargs)
         self._in_step = True
         try:
-            out = step(*args, **kwargs)
+            out = step(*call_args, **call_kwargs)
         finally:
             self._in_step = False
         for hook in list(self._step_post_hooks.values()):
@@ -257,6 +258,127 @@ def elementwise(
         if array is not None and value is not array:
             array[...] = value
 
+# %% ../../nbs/03_optimizer.ipynb #4f9cd85e
+def view_as_real(
+    a,  # an array, or any other state value (returned as it is)
+):
+    "A complex array as its `(re, im)` pairs, `torch.view_as_real`: a view."
+    if isinstance(a, np.ndarray) and a.dtype.kind == "c":
+        return a[..., None].view(a.real.dtype)
+    return a
+
+
+def view_as_complex(
+    a,  # a value the kernel stored for the complex parameter `like`
+    like: np.ndarray,  # the parameter
+):
+    "Undo `view_as_real`: pairs shaped `like.shape + (2,)` become complex."
+    if (
+        like.dtype.kind == "c"
+        and isinstance(a, np.ndarray)
+        and a.dtype == like.real.dtype
+        and a.shape == like.shape + (2,)
+    ):
+        return np.ascontiguousarray(a).view(like.dtype)[..., 0]
+    return a
+
+
+def _step_as_real(update, group, datas, grads, states, apply):
+    "`update` on pairs of reals; the state it stores comes back complex."
+    real_states = [{k: view_as_real(v) for k, v in s.items()} for s in states]
+    given = [dict(r) for r in real_states]
+    update(
+        group,
+        [view_as_real(d) for d in datas],
+        [view_as_real(g) for g in grads],
+        real_states,
+        apply,
+    )
+    for data, state, real, before in zip(datas, states, real_states, given):
+        for key, value in real.items():
+            if value is not before.get(key):  # stored by the kernel
+                state[key] = view_as_complex(value, data)
+
+# %% ../../nbs/03_optimizer.ipynb #82569612
+def _not_optimizable(dtype, where: str) -> ValueError:
+    return ValueError(
+        f"can't optimize a parameter of dtype {dtype} ({where}): only "
+        "floating point and complex parameters can be optimized"
+    )
+
+
+def _check_dtypes(
+    params: list,  # the parameters of one group
+    group_index: int,  # the group's position in `param_groups`
+):
+    "Refuse a parameter neither floating point nor complex, saying where."
+    for j, p in enumerate(params):
+        if p.data.dtype.kind not in "fc":
+            where = f"parameter {j} of group {group_index}"
+            raise _not_optimizable(p.data.dtype, where)
+
+
+def _grad_error(optimizer, g, data, where: str) -> Exception:
+    "What is wrong with the gradient `g` of the parameter array `data`."
+    if data.dtype.kind not in "fc":  # p.data replaced since construction
+        return _not_optimizable(data.dtype, where)
+    if not isinstance(g, np.ndarray):
+        return TypeError(
+            f"the gradient of {where} is a {_type_name(g)}, "
+            "not a numpy.ndarray"
+        )
+    if g.shape != data.shape:
+        return RuntimeError(
+            f"the gradient of {where} has size '{list(g.shape)}' but the "
+            f"parameter has size '{list(data.shape)}'. Please ensure that "
+            "the gradient and the tensor are the same size"
+        )
+    if g.dtype != data.dtype:
+        return RuntimeError(
+            f"the gradient of {where} has dtype {g.dtype} but the parameter "
+            f"has dtype {data.dtype}. The gradient must match the tensor's "
+            "dtype"
+        )
+    return RuntimeError(
+        f"{type(optimizer).__name__} does not support complex parameters"
+    )
+
+
+def _check_grads(optimizer):
+    "Refuse a gradient unlike its parameter, before a step changes anything."
+    kinds = "fc" if getattr(optimizer, "_supports_complex", True) else "f"
+    for i, group in enumerate(optimizer.param_groups):
+        for j, p in enumerate(group["params"]):
+            g, data = p.grad, p.data
+            if g is None and data.dtype.kind in "fc":
+                continue
+            if (
+                g is None
+                or not isinstance(g, np.ndarray)
+                or g.shape != data.shape
+                or (g.dtype is not data.dtype and g.dtype != data.dtype)
+                or data.dtype.kind not in kinds
+            ):
+                where = f"parameter {j} of group {i}"
+                raise _grad_error(optimizer, g, data, where)
+
+
+def _checked_step_args(optimizer, args: tuple, kwargs: dict):
+    "Check the gradients now or, with a closure, each time it sets them."
+    closure = args[1] if len(args) > 1 else kwargs.get("closure")
+    if not callable(closure):
+        _check_grads(optimizer)
+        return args, kwargs
+
+    def checked_closure():
+        loss = closure()
+        _check_grads(optimizer)
+        return loss
+
+    if len(args) > 1:
+        return (args[0], checked_closure, *args[2:]), kwargs
+    return args, {**kwargs, "closure": checked_closure}
+
 # %% ../../nbs/03_optimizer.ipynb #346af861
 class Optimizer:
     "Base class of all optimizers: parameter groups, per-parameter state, saving and hooks (PyTorch's API)."
@@ -291,6 +413,7 @@ class Optimizer:
     ):
         "Add a group of parameters, e.g. layers unfrozen during fine-tuning."
         group = _checked_group(param_group, self.defaults)
+        _check_dtypes(group["params"], len(self.param_groups))
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         _check_names_agree(self.param_groups, group)  # PyTorch's order
         if any(id(p) in seen for p in group["params"]):
@@ -332,13 +455,12 @@ class Optimizer:
         if not params:
             return
         states = [self._group_state(p, group) for p in params]
-        self._update(
-            group,
-            [p.data for p in params],
-            [p.grad for p in params],
-            states,
-            apply,
-        )
+        datas, grads = [p.data for p in params], [p.grad for p in params]
+        if any(d.dtype.kind == "c" for d in datas):  # pairs of reals
+            return _step_as_real(
+                self._update, group, datas, grads, states, apply
+            )
+        self._update(group, datas, grads, states, apply)
 
     def _update(self, group, params, grads, states, apply=elementwise):
         "Call the kernel on lists of arrays and their state dicts; subclasses implement it."

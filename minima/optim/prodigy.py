@@ -184,6 +184,8 @@ def _validate(
 class Prodigy(Optimizer):
     "Prodigy (Mishchenko & Defazio, 2023): Adam whose step size d*lr is learned."
 
+    _supports_complex = False  # refused at step: prodigyopt has no rule
+
     def __init__(
         self,
         params,  # iterable of parameters or of dicts defining groups

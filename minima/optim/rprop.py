@@ -141,7 +141,10 @@ class Rprop(Optimizer):
         if not state:
             state["step"] = np.zeros((), np.float64)
             state["prev"] = np.zeros_like(p.data)
-            state["step_size"] = np.full_like(p.grad, group["lr"])
+            lr = group["lr"]
+            if p.data.dtype.kind == "c":  # both numbers of each pair
+                lr = complex(lr, lr)
+            state["step_size"] = np.full_like(p.grad, lr)
         return state
 
     def _update(self, group, params, grads, states, apply=elementwise):

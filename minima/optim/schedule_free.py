@@ -260,6 +260,8 @@ def _validate_warmup_steps(warmup_steps):
 class _ScheduleFree(Optimizer):
     "What schedule-free optimizers share: train/eval modes, z and x, step."
 
+    _supports_complex = False  # refused at step: schedulefree has no rule
+
     def _beta(self, group):
         raise NotImplementedError
 
