@@ -21,7 +21,8 @@ def _qualname(obj) -> str:
 
 
 def _encode(value, path: str, arrays: dict):
-    "`value` as JSON-ready data; every array moves into `arrays` and is replaced by its name there."
+    """`value` as JSON-ready data; every array moves into `arrays` and is
+    replaced by its name there."""
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
             raise TypeError(
@@ -68,7 +69,8 @@ def _encode(value, path: str, arrays: dict):
 
 
 def _decode(value, arrays: dict):
-    "Inverse of `_encode`: rebuild tuples, NumPy scalars, non-string keys, and put the arrays back."
+    """Inverse of `_encode`: rebuild tuples, NumPy scalars, non-string keys,
+    and put the arrays back."""
     if isinstance(value, list):
         return [_decode(v, arrays) for v in value]
     if not isinstance(value, dict):
@@ -88,7 +90,8 @@ def _decode(value, arrays: dict):
 
 # %% ../nbs/13b_checkpoint.ipynb #21b6edfc
 def _checksum(meta: dict, arrays: dict) -> str:
-    "SHA-256 of the description (without its checksum) and of every array's name, dtype, shape and bytes."
+    """SHA-256 of the description (without its checksum) and of every array's
+    name, dtype, shape and bytes."""
     h = hashlib.sha256(
         json.dumps(
             {k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True
@@ -102,7 +105,8 @@ def _checksum(meta: dict, arrays: dict) -> str:
 
 # %% ../nbs/13b_checkpoint.ipynb #5b6eeb1a
 def _write_member(zf: zipfile.ZipFile, name: str, array: np.ndarray):
-    "One array as `name.npy` inside the zip, in NumPy's format, refusing object arrays."
+    """One array as `name.npy` inside the zip, in NumPy's format, refusing
+    object arrays."""
     with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
         np.lib.format.write_array(
             member, np.asanyarray(array), allow_pickle=False
@@ -110,7 +114,8 @@ def _write_member(zf: zipfile.ZipFile, name: str, array: np.ndarray):
 
 
 def _write_npz(file, meta: dict, arrays: dict):
-    "An `.npz` archive: the JSON description as a uint8 array, then the arrays."
+    """An `.npz` archive: the JSON description as a uint8 array, then the
+    arrays."""
     text = json.dumps(meta, allow_nan=True).encode()
     with zipfile.ZipFile(
         file, "w", compression=zipfile.ZIP_STORED, allowZip64=True
@@ -121,7 +126,8 @@ def _write_npz(file, meta: dict, arrays: dict):
 
 
 def _fsync_directory(directory: str):
-    "Make the rename itself durable (POSIX); a no-op where directories cannot be opened."
+    """Make the rename itself durable (POSIX); a no-op where directories cannot
+    be opened."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -134,7 +140,8 @@ def atomic_write(
     path,  # the file to (re)place
     write,  # `write(file)` writes the whole content into an open binary file
 ):
-    "Write `path` all at once: into a temporary file beside it, flushed to disk, then renamed over `path`."
+    """Write `path` all at once: into a temporary file beside it, flushed to
+    disk, then renamed over `path`."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(
@@ -163,7 +170,8 @@ def save_checkpoint(
     extra: dict
     | None = None,  # plain data to keep with it: epoch, step, `loader.state_dict()`, ...
 ):
-    "Save model, optimizer, scheduler and `extra` in one `.npz`: arrays as arrays, the rest as JSON, no pickle."
+    """Save model, optimizer, scheduler and `extra` in one `.npz`: arrays as
+    arrays, the rest as JSON, no pickle."""
     arrays = {}
     meta = {
         "format": FORMAT,
@@ -200,7 +208,8 @@ def _unreadable(path, why):
 
 
 def _read_npz(path):
-    "The description and the arrays of a checkpoint file, checked member by member, without pickle."
+    """The description and the arrays of a checkpoint file, checked member by
+    member, without pickle."""
     try:
         with np.load(path, allow_pickle=False) as f:
             if not isinstance(f, np.lib.npyio.NpzFile):
@@ -279,7 +288,8 @@ def _check_class(what, obj, saved_class):
 
 
 def _check_optimizer(optimizer, saved: dict):
-    "Same groups, group sizes, hyper-parameter names, and state arrays shaped like their parameters."
+    """Same groups, group sizes, hyper-parameter names, and state arrays shaped
+    like their parameters."""
     groups, saved_groups = optimizer.param_groups, saved["param_groups"]
     if len(groups) != len(saved_groups):
         raise ValueError(
@@ -318,7 +328,8 @@ def _check_optimizer(optimizer, saved: dict):
 
 
 def _same_layout(saved, live, where="scheduler"):
-    "Dicts with the same keys all the way down (the layout of a scheduler's state)."
+    """Dicts with the same keys all the way down (the layout of a scheduler's
+    state)."""
     if isinstance(saved, dict) and isinstance(live, dict):
         if set(saved) != set(live):
             raise ValueError(
@@ -346,7 +357,8 @@ def load_checkpoint(
     optimizer,  # the optimizer to restore (same class, groups and hyper-parameter names)
     scheduler=None,  # the scheduler to restore, if one was saved
 ):
-    "Restore what `save_checkpoint` saved, after checking all of it; returns the `extra` data."
+    """Restore what `save_checkpoint` saved, after checking all of it; returns
+    the `extra` data."""
     meta, arrays = _read_npz(path)
     model_sd = _decode(meta["model"]["state_dict"], arrays)
     optim_sd = _decode(meta["optimizer"]["state_dict"], arrays)

@@ -12,7 +12,8 @@ __all__ = ['Dataset', 'TensorDataset', 'default_collate', 'DataLoader']
 
 # %% ../nbs/13_data.ipynb #2e103faa
 class Dataset:
-    "A data set: `len(ds)` examples, `ds[i]` the i-th one (subclasses implement both)."
+    """A data set: `len(ds)` examples, `ds[i]` the i-th one (subclasses
+    implement both)."""
 
     def __len__(self):
         raise NotImplementedError(
@@ -26,7 +27,8 @@ class Dataset:
 
 # %% ../nbs/13_data.ipynb #54daee54
 class TensorDataset(Dataset):
-    "Arrays sharing their first dimension: item `i` is the tuple of their `i`-th rows."
+    """Arrays sharing their first dimension: item `i` is the tuple of their
+    `i`-th rows."""
 
     def __init__(
         self,
@@ -56,7 +58,8 @@ class TensorDataset(Dataset):
 def default_collate(
     items: list,  # the items of one batch, as the dataset returns them
 ):
-    "Stack a list of items into one batch: tuples and lists field by field, dicts key by key, the rest with `np.stack`."
+    """Stack a list of items into one batch: tuples and lists field by field,
+    dicts key by key, the rest with `np.stack`."""
     first = items[0]
     if isinstance(first, (tuple, list)):
         return tuple(default_collate(list(field)) for field in zip(*items))
@@ -84,7 +87,8 @@ def _check_batch_size(batch_size):
 
 # %% ../nbs/13_data.ipynb #f6dbe982
 class DataLoader:
-    "Iterate over `dataset` in batches of NumPy arrays, reshuffled every epoch when `shuffle` is set."
+    """Iterate over `dataset` in batches of NumPy arrays, reshuffled every
+    epoch when `shuffle` is set."""
 
     def __init__(
         self,
@@ -157,7 +161,8 @@ class DataLoader:
         self._epoch_start = None
 
     def state_dict(self) -> dict:
-        "Where the loader stands, as plain data: the generator state at the start of the epoch and the batches done."
+        """Where the loader stands, as plain data: the generator state at the
+        start of the epoch and the batches done."""
         if self._epoch_start is not None and self._done < len(self):
             return {
                 "generator": copy.deepcopy(self._epoch_start),
@@ -172,7 +177,8 @@ class DataLoader:
         self,
         state_dict: dict,  # as returned by `state_dict()`
     ):
-        "Make the next epoch repeat the saved one's order and skip the batches it had done."
+        """Make the next epoch repeat the saved one's order and skip the
+        batches it had done."""
         if not isinstance(state_dict, dict) or set(state_dict) != {
             "generator",
             "batches_done",

@@ -16,7 +16,8 @@ def exponential_lrs(
     end_lr: float,  # the last learning rate
     num_iter: int,  # how many learning rates
 ) -> np.ndarray:
-    "`num_iter` learning rates from `start_lr` to `end_lr`, equally spaced on a log scale."
+    """`num_iter` learning rates from `start_lr` to `end_lr`, equally spaced on
+    a log scale."""
     return start_lr * (end_lr / start_lr) ** (
         np.arange(num_iter) / (num_iter - 1)
     )
@@ -26,7 +27,8 @@ def smooth_losses(
     losses,  # the raw losses, in order
     beta: float = 0.98,  # weight of the past in the moving average
 ) -> np.ndarray:
-    "Bias-corrected exponential moving average of `losses`: `avg / (1 - beta**(i+1))`."
+    """Bias-corrected exponential moving average of `losses`: `avg / (1 -
+    beta**(i+1))`."""
     avg, out = 0.0, []
     for i, loss in enumerate(losses):
         avg = beta * avg + (1 - beta) * loss
@@ -35,7 +37,8 @@ def smooth_losses(
 
 # %% ../nbs/10b_lr_finder.ipynb #e3fe7a94
 def _loss_axis_limits(losses, smoothed):
-    "A y-range that shows the curves up to the minimum of the smoothed loss, where the blow-up starts."
+    """A y-range that shows the curves up to the minimum of the smoothed loss,
+    where the blow-up starts."""
     upto = int(np.argmin(smoothed)) + 1
     low, high = min(smoothed.min(), losses[:upto].min()), smoothed[:upto].max()
     pad = 0.1 * (high - low) or 0.1 * abs(high) or 1.0
@@ -44,7 +47,8 @@ def _loss_axis_limits(losses, smoothed):
 # %% ../nbs/10b_lr_finder.ipynb #ffaf73ca
 @dataclass
 class LRFinderResult:
-    "What `lr_find` measured: the swept learning rates, the raw and smoothed losses, and the suggestion."
+    """What `lr_find` measured: the swept learning rates, the raw and smoothed
+    losses, and the suggestion."""
 
     lrs: np.ndarray  # learning rate of each step
     losses: np.ndarray  # loss on the next batch after the step with `lrs[i]`
@@ -60,7 +64,8 @@ class LRFinderResult:
         ax=None,  # matplotlib axes to draw on (new figure when None)
         show_raw: bool = True,  # draw the raw losses too
     ):
-        "Loss against learning rate on a log axis, with the minimum and the suggestion marked; returns the axes."
+        """Loss against learning rate on a log axis, with the minimum and the
+        suggestion marked; returns the axes."""
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -96,7 +101,7 @@ class LRFinderResult:
             ylabel="loss",
             title="Learning-rate finder",
         )
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=9)
         return ax
 
 # %% ../nbs/10b_lr_finder.ipynb #fb693723
@@ -139,7 +144,8 @@ def _is_optimizer(obj):
 
 # %% ../nbs/10b_lr_finder.ipynb #d05d6da3
 class _Snapshot:
-    "Copies of the parameters' data and gradients (and an optimizer's state), put back in place by `restore`."
+    """Copies of the parameters' data and gradients (and an optimizer's state),
+    put back in place by `restore`."""
 
     def __init__(self, params, optimizer=None):
         self.params = params
@@ -176,7 +182,8 @@ def _loss_and_grads(model, loss_fn, optimizer, batch):
 def _sweep(
     model, loss_fn, batch_iter, optimizer, schedule, beta, diverge_factor
 ):
-    "Step with each learning rate of `schedule`; stop early when the smoothed loss blows up or is not finite."
+    """Step with each learning rate of `schedule`; stop early when the smoothed
+    loss blows up or is not finite."""
     lrs, losses = [], []
     avg, best = 0.0, math.inf
     _loss_and_grads(model, loss_fn, optimizer, next(batch_iter))
@@ -210,7 +217,8 @@ def lr_find(
     beta: float = 0.98,  # smoothing of the losses (weight of the past in the moving average)
     diverge_factor: float = 4.0,  # stop when the smoothed loss exceeds this times its minimum so far
 ) -> LRFinderResult:
-    "Train with an exponentially growing learning rate, record the losses, restore everything, suggest an lr."
+    """Train with an exponentially growing learning rate, record the losses,
+    restore everything, suggest an lr."""
     _check_sweep_args(start_lr, end_lr, num_iter, beta, diverge_factor)
     params = list(model.parameters())
     existing = _is_optimizer(make_optimizer)

@@ -20,7 +20,8 @@ def _check_can_require_grad(dtype):
 
 
 class Tensor:
-    "A NumPy array that records the operations applied to it, so `backward` can compute gradients."
+    """A NumPy array that records the operations applied to it, so `backward`
+    can compute gradients."""
 
     __array_ufunc__ = None  # `ndarray + Tensor` then calls `Tensor.__radd__` instead of looping over elements
 
@@ -73,7 +74,8 @@ class Tensor:
         return Tensor(self.data)
 
     def requires_grad_(self, requires_grad: bool = True):
-        "Switch gradient recording on (or off) for this leaf, in place; returns `self`."
+        """Switch gradient recording on (or off) for this leaf, in place;
+        returns `self`."""
         if not self.is_leaf:
             raise RuntimeError(
                 "requires_grad can only be changed on leaf tensors, "
@@ -95,7 +97,8 @@ class Tensor:
 
 # %% ../nbs/00_tensor.ipynb #45b25327
 def _patch(cls, *fns, name: str | None = None):
-    "Attach each function `_name` to `cls` as the method `name` (or as `name` when given, for one function)."
+    """Attach each function `_name` to `cls` as the method `name` (or as `name`
+    when given, for one function)."""
     for fn in fns:
         method = name or fn.__name__.removeprefix("_")
         fn.__name__, fn.__qualname__ = method, f"{cls.__name__}.{method}"
@@ -111,7 +114,8 @@ def is_grad_enabled() -> bool:
 
 
 class no_grad:
-    "Context manager, also usable as a decorator, inside which operations record no graph."
+    """Context manager, also usable as a decorator, inside which operations
+    record no graph."""
 
     def __enter__(self):
         global _grad_enabled
@@ -131,12 +135,14 @@ class no_grad:
 
 # %% ../nbs/00_tensor.ipynb #f6114f3c
 def _data(x):
-    "The array inside a Tensor; anything else (a Python number, an array) is used as it is."
+    """The array inside a Tensor; anything else (a Python number, an array) is
+    used as it is."""
     return x.data if isinstance(x, Tensor) else x
 
 
 def _record(data, op: str, *inputs):
-    "Wrap `data`; if an input requires grad (and grad mode is on), remember the `(input, grad_fn)` pairs."
+    """Wrap `data`; if an input requires grad (and grad mode is on), remember
+    the `(input, grad_fn)` pairs."""
     out = Tensor(data)
     tensors = [(t, fn) for t, fn in inputs if isinstance(t, Tensor)]
     if _grad_enabled and any(t.requires_grad for t, _ in tensors):
@@ -152,7 +158,8 @@ def unbroadcast(
     grad: np.ndarray,  # gradient with the broadcast (output) shape
     shape: tuple,  # shape of the operand before broadcasting
 ) -> np.ndarray:
-    "Sum `grad` over the axes that broadcasting added or stretched, giving it back `shape`."
+    """Sum `grad` over the axes that broadcasting added or stretched, giving it
+    back `shape`."""
     grad = np.asarray(grad)
     added = grad.ndim - len(shape)
     if added:
@@ -260,7 +267,8 @@ def _check_matmul_shapes(sa, sb):
 
 
 def _matmul_grads(da, db, g):
-    "Gradients of `da @ db` given the output gradient `g`, with 1-D operands promoted to matrices."
+    """Gradients of `da @ db` given the output gradient `g`, with 1-D operands
+    promoted to matrices."""
     a2 = da[None, :] if da.ndim == 1 else da
     b2 = db[:, None] if db.ndim == 1 else db
     if db.ndim == 1:
@@ -427,7 +435,8 @@ _patch(Tensor, _sum, _mean, _max)
 
 # %% ../nbs/00_tensor.ipynb #95c45031
 def _reshape(self, *shape):
-    "The same elements in a new shape (`t.reshape(2, 3)` or `t.reshape((2, 3))`)."
+    """The same elements in a new shape (`t.reshape(2, 3)` or `t.reshape((2,
+    3))`)."""
     return _record(
         self.data.reshape(*shape),
         "reshape",
@@ -451,7 +460,8 @@ def _transpose(self, *axes):
 
 
 def _getitem(self, index):
-    "NumPy indexing (basic and integer-array); repeated indices accumulate their gradients."
+    """NumPy indexing (basic and integer-array); repeated indices accumulate
+    their gradients."""
     index = (
         tuple(_data(i) for i in index)
         if isinstance(index, tuple)
@@ -492,7 +502,8 @@ Tensor.log_softmax = log_softmax
 
 # %% ../nbs/00_tensor.ipynb #86f1dec9
 def _topological_order(root, all_inputs: bool = False) -> list:
-    "Tensors `root` depends on through recorded gradients (or through any input), each after all of its inputs."
+    """Tensors `root` depends on through recorded gradients (or through any
+    input), each after all of its inputs."""
     order, seen, stack = [], set(), [(root, False)]
     while stack:
         node, inputs_done = stack.pop()
@@ -525,7 +536,8 @@ def _backward(
     gradient: np.ndarray
     | None = None,  # dL/dself, same shape as self; default 1 for a one-element tensor
 ):
-    "Add the gradient of `self` with respect to every leaf it depends on into the leaves' `.grad`."
+    """Add the gradient of `self` with respect to every leaf it depends on into
+    the leaves' `.grad`."""
     if not self.requires_grad:
         raise RuntimeError(
             "backward() needs a tensor that requires grad: this one does not require grad "
@@ -560,7 +572,8 @@ _patch(Tensor, _backward)
 
 # %% ../nbs/00_tensor.ipynb #3af0a254
 def _layout(nodes: list) -> dict:
-    "Column of each node: results one right of their last input, leaves one left of their first consumer."
+    """Column of each node: results one right of their last input, leaves one
+    left of their first consumer."""
     column = {}
     for node in nodes:
         if node._parents:
@@ -594,7 +607,8 @@ def draw_graph(
     names: dict | None = None,  # optional labels: {name: tensor}
     ax=None,  # matplotlib Axes to draw into; a new figure when None
 ):
-    "Draw the computational graph recorded for `root` with matplotlib; returns the Axes."
+    """Draw the computational graph recorded for `root` with matplotlib;
+    returns the Axes."""
     import matplotlib.pyplot as plt  # only needed for pictures
 
     nodes = _topological_order(root, all_inputs=True)
@@ -651,7 +665,8 @@ def numerical_grad(
     *arrays: np.ndarray,  # the point at which to differentiate
     eps: float = 1e-6,  # step of the central difference
 ) -> list:
-    "Central finite-difference gradient of `f` with respect to each array (computed on float64 copies)."
+    """Central finite-difference gradient of `f` with respect to each array
+    (computed on float64 copies)."""
     arrays = [np.array(a, dtype=np.float64) for a in arrays]
     grads = []
     for a in arrays:
@@ -679,7 +694,8 @@ def check_grad(
     rtol: float = 1e-5,  # relative tolerance
     atol: float = 1e-7,  # absolute tolerance
 ) -> bool:
-    "Assert that `backward` through `f` matches finite differences at `arrays` (in float64); returns True."
+    """Assert that `backward` through `f` matches finite differences at
+    `arrays` (in float64); returns True."""
     arrays = [np.array(a, dtype=np.float64) for a in arrays]
     leaves = [Tensor(a.copy(), requires_grad=True) for a in arrays]
     out = f(*leaves)

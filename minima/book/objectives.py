@@ -12,7 +12,8 @@ __all__ = ['paraboloid', 'stretched_paraboloid', 'rosenbrock', 'beale', 'himmelb
 
 # %% ../../nbs/02_functions.ipynb #d61c4eb6
 class Objective:
-    "A 2-d test function: vectorised value `f(x)`, exact gradient `f.grad(x)`, its minima and a plotting window."
+    """A 2-d test function: vectorised value `f(x)`, exact gradient
+    `f.grad(x)`, its minima and a plotting window."""
 
     name, domain = "objective", ((-5.0, 5.0), (-5.0, 5.0))
     minima = np.zeros((1, 2))
@@ -65,7 +66,8 @@ class Quadratic(Objective):
 
     @property
     def curvatures(self):
-        "The second derivatives along x1 and x2, the eigenvalues of the Hessian."
+        """The second derivatives along x1 and x2, the eigenvalues of the
+        Hessian."""
         return np.array([2 * self.a1, 2 * self.a2])
 
     def value(self, x1, x2):
@@ -86,7 +88,8 @@ stretched_paraboloid = Quadratic(
 
 # %% ../../nbs/02_functions.ipynb #1917c7d8
 class Rosenbrock(Objective):
-    "Rosenbrock's banana valley `(a - x1)**2 + b*(x2 - x1**2)**2`, minimum 0 at `(a, a**2)`."
+    """Rosenbrock's banana valley `(a - x1)**2 + b*(x2 - x1**2)**2`, minimum 0
+    at `(a, a**2)`."""
 
     def __init__(
         self,
@@ -136,7 +139,8 @@ beale = Beale()
 
 # %% ../../nbs/02_functions.ipynb #2d4e7486
 class Himmelblau(Objective):
-    "Himmelblau's function, four global minima with value 0 (`minimum` is (3, 2))."
+    """Himmelblau's function, four global minima with value 0 (`minimum` is (3,
+    2))."""
 
     name, domain = "Himmelblau", ((-5.0, 5.0), (-5.0, 5.0))
 
@@ -177,7 +181,8 @@ himmelblau = Himmelblau()
 
 # %% ../../nbs/02_functions.ipynb #cc5a9a7c
 class NoisyQuadratic(Quadratic):
-    "A paraboloid whose `grad` adds Gaussian noise from its own seeded generator (a model of minibatch gradients)."
+    """A paraboloid whose `grad` adds Gaussian noise from its own seeded
+    generator (a model of minibatch gradients)."""
 
     def __init__(
         self,

@@ -56,7 +56,8 @@ _assigned = {}
 def color_for(
     label: str,  # e.g. 'Adam', 'Adam lr=0.1', 'Momentum 0.9'
 ) -> str:
-    "The colour of the longest optimizer name in `COLORS` that starts `label`, else a fallback colour."
+    """The colour of the longest optimizer name in `COLORS` that starts
+    `label`, else a fallback colour."""
     known = [name for name in COLORS if label.lower().startswith(name.lower())]
     if known:
         return COLORS[max(known, key=len)]
@@ -71,8 +72,10 @@ def variant_colors(
     "Colours telling variants apart: the first keeps its optimizer's colour."
     first = color_for(labels[0])
     others = [c for c in _VARIANT_COLORS if c != first]
-    return {label: first if i == 0 else others[(i - 1) % len(others)]
-            for i, label in enumerate(labels)}
+    return {
+        label: first if i == 0 else others[(i - 1) % len(others)]
+        for i, label in enumerate(labels)
+    }
 
 
 _VARIANT_COLORS = ["black", "tab:orange", "tab:cyan", "tab:green", "tab:red"]
@@ -93,7 +96,8 @@ HOUSE_STYLE = {
 def subplots(
     nrows: int = 1,  # rows of panels
     ncols: int = 1,  # panels side by side: at most 2 fit the column
-    height: float | None = None,  # inches per row; default keeps panels legible
+    height: float
+    | None = None,  # inches per row; default keeps panels legible
     **kwargs,  # passed to `plt.subplots` (sharex, subplot_kw, ...)
 ):
     "`plt.subplots` drawn at the book's column width in the house style."
@@ -122,7 +126,8 @@ def trajectory(
     steps: int,  # number of optimizer steps
     closure: bool = False,  # pass a closure to `step` (it sets the gradient and returns the loss)
 ):
-    "Run an optimizer on `f` from `x0`: the points visited `(steps+1, 2)` and the values of `f` there `(steps+1,)`."
+    """Run an optimizer on `f` from `x0`: the points visited `(steps+1, 2)` and
+    the values of `f` there `(steps+1,)`."""
     param = _Point(x0)
     opt = make_optimizer([param])
 
@@ -152,7 +157,8 @@ def _color(label, colors=None):
 
 
 def _line_styles(labels):
-    "One line style per label: runs that share a colour (one optimizer, several settings) get different styles."
+    """One line style per label: runs that share a colour (one optimizer,
+    several settings) get different styles."""
     styles, seen, out = ["-", "--", ":", "-."], {}, []
     for label in labels:
         color = color_for(label)
@@ -162,7 +168,8 @@ def _line_styles(labels):
 
 
 def _default_levels(z, min_value, n=30):
-    "Levels geometrically spaced in `f - f_min` between its 0.5th and 99th percentiles over the grid."
+    """Levels geometrically spaced in `f - f_min` between its 0.5th and 99th
+    percentiles over the grid."""
     gap = z - min_value
     lo, hi = np.nanpercentile(gap, [0.5, 99])
     return min_value + np.geomspace(max(lo, hi * 1e-9, 1e-12), hi, n)
@@ -175,7 +182,8 @@ def plot_contours(
     levels=None,  # contour levels; default: geometric in f - f_min
     resolution: int = 200,  # grid points per axis
 ):
-    "Contour lines of `f` over `f.domain` with its minima starred; returns the Axes."
+    """Contour lines of `f` over `f.domain` with its minima starred; returns
+    the Axes."""
     ax = _axes(ax)
     (x1lo, x1hi), (x2lo, x2hi) = f.domain
     x1, x2 = np.meshgrid(
@@ -219,7 +227,8 @@ def plot_trajectories(
     markers: bool = True,  # mark every visited point
     colors: dict = None,  # label -> colour, for variants of one optimizer
 ):
-    "Paths of several optimizers on the contours of `f`, start and minima marked; returns the Axes."
+    """Paths of several optimizers on the contours of `f`, start and minima
+    marked; returns the Axes."""
     ax = plot_contours(f, ax=ax, title=title, levels=levels)
     for (label, points), style in zip(runs.items(), _line_styles(runs)):
         points, color = np.asarray(points), _color(label, colors)
@@ -255,7 +264,8 @@ def plot_losses(
     ylabel: str = "$f(x) - f_{\\min}$",  # y-axis label
     colors: dict = None,  # label -> colour, for variants of one optimizer
 ):
-    "Loss (or distance to the minimum value) against step for several runs; returns the Axes."
+    """Loss (or distance to the minimum value) against step for several runs;
+    returns the Axes."""
     ax = _axes(ax)
     for (label, values), style in zip(runs.items(), _line_styles(runs)):
         values = np.asarray(values, dtype=np.float64)
@@ -280,7 +290,8 @@ def steps_to_reach(
     tol: float,  # how close to `min_value` counts as arrived
     min_value: float = 0.0,  # the minimum value of f
 ):
-    "First step at which `values - min_value <= tol`, or None if it never happens."
+    """First step at which `values - min_value <= tol`, or None if it never
+    happens."""
     hits = np.flatnonzero(
         np.asarray(values, dtype=np.float64) - min_value <= tol
     )

@@ -11,7 +11,8 @@ from fastcore.docments import DocmentTbl, MarkdownRenderer
 
 # %% ../../nbs/98_book.ipynb #d2f0203d
 class _Shown(str):
-    "A string that `repr` shows bare, so a default such as `np.float32` reads as code."
+    """A string that `repr` shows bare, so a default such as `np.float32` reads
+    as code."""
 
     def __repr__(self):
         return str(self)
@@ -36,7 +37,8 @@ def format_signature(
     sym,  # the function or class
     width: int = 88,  # wrap longer signatures at this width
 ) -> str:
-    "`name(args...)` for `sym`, wrapped at `width` characters; types and comments go to the table."
+    """`name(args...)` for `sym`, wrapped at `width` characters; types and
+    comments go to the table."""
     try:
         sig = inspect.signature(sym)
     except (TypeError, ValueError):
@@ -58,7 +60,8 @@ def format_signature(
 
 # %% ../../nbs/98_book.ipynb #2b5989e9
 class ApiEntry(MarkdownRenderer):
-    "A `show_doc` renderer for jupyter-book: heading, signature, docstring and a table of the arguments."
+    """A `show_doc` renderer for jupyter-book: heading, signature, docstring
+    and a table of the arguments."""
 
     def arguments_table(self) -> str:
         try:

@@ -25,7 +25,8 @@ SMALL_TENSOR = (
 
 # %% ../../nbs/14_fast.ipynb #5573f7f1
 def step_bytes(optimizer) -> int:
-    "Bytes a step of `optimizer` must move at least: read p, g and each state array, write p and each state array."
+    """Bytes a step of `optimizer` must move at least: read p, g and each state
+    array, write p and each state array."""
     total = 0
     for group in optimizer.param_groups:
         arrays_read_and_written = 1 + len(
@@ -54,7 +55,8 @@ def _chunk_bounds(size, chunk):
 
 # %% ../../nbs/14_fast.ipynb #94be242a
 class FlatBuffer:
-    "One group's parameters of one dtype, their gradients and their state, each kept in one contiguous array."
+    """One group's parameters of one dtype, their gradients and their state,
+    each kept in one contiguous array."""
 
     def __init__(
         self,
@@ -99,14 +101,16 @@ class FlatBuffer:
         self,
         grads: list,  # this step's gradients of `self.params`
     ):
-        "Copy gradients that are not views of the flat gradient into it, and make `p.grad` that view."
+        """Copy gradients that are not views of the flat gradient into it, and
+        make `p.grad` that view."""
         for p, g, view in zip(self.params, grads, self.grad_views):
             if g is not view:
                 np.copyto(view, g)
                 p.grad = view
 
     def pieces(self) -> tuple:
-        "Lists of views (data, grads, states) over consecutive pieces of the buffer, as if each were a tensor."
+        """Lists of views (data, grads, states) over consecutive pieces of the
+        buffer, as if each were a tensor."""
         if self._pieces is None:
             datas, grads, states = [], [], []
             for lo, hi in _chunk_bounds(
@@ -129,7 +133,8 @@ class FlatBuffer:
         update,  # the optimizer's `_update(group, params, grads, states, apply)`
         group: dict,  # the parameter group (hyper-parameters)
     ):
-        "One kernel call over all the pieces, each cache-sized; the 0-d state advances once per step."
+        """One kernel call over all the pieces, each cache-sized; the 0-d state
+        advances once per step."""
         datas, grads, states = self.pieces()
         for k, shared in self.scalars.items():
             for s in states:
@@ -144,7 +149,8 @@ class FlatBuffer:
         group: dict,  # the parameter group (hyper-parameters)
         apply,  # how the rule meets the arrays: a compiled loop (chapter 14b)
     ):
-        "One kernel call on the whole buffer as one tensor: for a loop that makes a single pass anyway."
+        """One kernel call on the whole buffer as one tensor: for a loop that
+        makes a single pass anyway."""
         update(
             group,
             [self.data],
@@ -157,7 +163,8 @@ class FlatBuffer:
         self,
         states: list,  # the state dicts of `self.params`
     ):
-        "Give each parameter its own copy of the shared 0-d state (before per-tensor steps)."
+        """Give each parameter its own copy of the shared 0-d state (before
+        per-tensor steps)."""
         for s in states:
             for k, shared in self.scalars.items():
                 if s.get(k) is shared:
@@ -168,7 +175,8 @@ _get_data, _get_grad = operator.attrgetter("data"), operator.attrgetter("grad")
 
 
 def _flat_ready(params, states, keys):
-    "True when each state holds `keys` as arrays like its parameter, and otherwise only 0-d arrays equal across `states`."
+    """True when each state holds `keys` as arrays like its parameter, and
+    otherwise only 0-d arrays equal across `states`."""
     first = states[0]
     scalar_keys = [k for k in first if k not in keys]
     for p, s in zip(params, states):
@@ -197,7 +205,8 @@ def _flat_ready(params, states, keys):
 
 # %% ../../nbs/14_fast.ipynb #c8802fcf
 class _GroupBuffers:
-    "The flat buffers of one parameter group, and what must stay true for them to be used."
+    """The flat buffers of one parameter group, and what must stay true for
+    them to be used."""
 
     def __init__(self, opt, group, buffers, keys):
         self.group, self.params_list, self.state_ref, self.keys = (
@@ -214,7 +223,8 @@ class _GroupBuffers:
         self.expected_grads = [in_buffer.get(id(p)) for p in group["params"]]
 
     def still_valid(self, opt, group, keys):
-        "Same state dict, same parameters, same state keys, and no `p.data` replaced by the user."
+        """Same state dict, same parameters, same state keys, and no `p.data`
+        replaced by the user."""
         params = group["params"]
         return (
             opt.state is self.state_ref
@@ -225,7 +235,8 @@ class _GroupBuffers:
         )
 
     def gather_grads(self, group):
-        "Bring this step's gradients into the flat gradients; False when the parameters with a gradient changed."
+        """Bring this step's gradients into the flat gradients; False when the
+        parameters with a gradient changed."""
         grads = list(map(_get_grad, group["params"]))
         if all(map(operator.is_, grads, self.expected_grads)):
             return True  # backward accumulated in place
@@ -239,7 +250,8 @@ class _GroupBuffers:
         return True
 
     def dissolve(self, opt):
-        "Stop using the buffers: parameters stay views (valid arrays) and get their own 0-d state back."
+        """Stop using the buffers: parameters stay views (valid arrays) and get
+        their own 0-d state back."""
         if (
             opt.state is self.state_ref
         ):  # .get: reading a defaultdict would give stateless parameters state
@@ -249,7 +261,8 @@ class _GroupBuffers:
 
 # %% ../../nbs/14_fast.ipynb #729e11fc
 def _build(opt, group, keys, force):
-    "Flat buffers for `group` (one per dtype), or None when the fast path does not apply to it this step."
+    """Flat buffers for `group` (one per dtype), or None when the fast path
+    does not apply to it this step."""
     params = [p for p in group["params"] if p.grad is not None]
     if not params:
         return None
@@ -278,12 +291,14 @@ def _build(opt, group, keys, force):
 
 # %% ../../nbs/14_fast.ipynb #c0f54893
 def _flat_caches(opt):
-    "The optimizer's flat buffers by group, created on first use (the base class knows nothing of them)."
+    """The optimizer's flat buffers by group, created on first use (the base
+    class knows nothing of them)."""
     return opt.__dict__.setdefault("_flat_buffers", {})
 
 
 def _drop_buffers(optimizer, group):
-    "Dissolve `group`'s flat buffers, if any, so that its parameters get their own 0-d state back."
+    """Dissolve `group`'s flat buffers, if any, so that its parameters get
+    their own 0-d state back."""
     cache = _flat_caches(optimizer).pop(id(group), None)
     if cache is not None:
         cache.dissolve(optimizer)
@@ -294,7 +309,8 @@ def _params_with_grad(group):
 
 
 def _small_tensors(params):
-    "True when `params` average fewer than `SMALL_TENSOR` elements: one shared buffer pays for itself."
+    """True when `params` average fewer than `SMALL_TENSOR` elements: one
+    shared buffer pays for itself."""
     return sum(p.data.size for p in params) < SMALL_TENSOR * max(
         1, len(params)
     )
@@ -304,7 +320,8 @@ def step_tensor_pieces(
     optimizer,  # an elementwise optimizer
     group: dict,  # one of its parameter groups, of large tensors
 ) -> bool:
-    "The kernel once, on cache-sized pieces of each tensor's own arrays; False (nothing done) if a state is missing."
+    """The kernel once, on cache-sized pieces of each tensor's own arrays;
+    False (nothing done) if a state is missing."""
     params, keys = _params_with_grad(group), optimizer._state_keys(group)
     states = [optimizer._group_state(p, group) for p in params]
     datas, grads, pieces, firsts = [], [], [], []
@@ -335,7 +352,8 @@ def step_tensor_pieces(
 
 # %% ../../nbs/14_fast.ipynb #622250eb
 def _group_buffers(optimizer, group, force):
-    "The valid flat buffers of `group` with this step's gradients in them, built when needed; None if they do not apply."
+    """The valid flat buffers of `group` with this step's gradients in them,
+    built when needed; None if they do not apply."""
     caches, keys = _flat_caches(optimizer), tuple(optimizer._state_keys(group))
     cache = caches.get(id(group))
     if cache is not None and not (
@@ -361,7 +379,8 @@ def step_group(
     optimizer,  # an elementwise optimizer: `_state_keys`, `_group_state`, `_update`
     group: dict,  # one of its parameter groups
 ):
-    "Step `group` as its `foreach` and `fused` say: compiled loops, pieces of the kernel's arrays, or the reference."
+    """Step `group` as its `foreach` and `fused` say: compiled loops, pieces of
+    the kernel's arrays, or the reference."""
     fused, foreach = group.get("fused"), group.get("foreach")
     if fused:
         require_numba()  # before anything moves

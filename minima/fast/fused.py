@@ -27,7 +27,8 @@ _JITTED = {}
 
 
 def _jit(fn):
-    "`fn` compiled by numba, with the plain Python functions it calls (`lerp`) compiled too, under the same names."
+    """`fn` compiled by numba, with the plain Python functions it calls
+    (`lerp`) compiled too, under the same names."""
     if fn not in _JITTED:
         numba = require_numba()
         names = dict(fn.__globals__)
@@ -47,7 +48,8 @@ _LOOPS = {}
 
 
 def _loop_source(present: tuple) -> str:
-    "A loop over every element that calls `rule` on numbers; an absent state reads the gradient and is dropped."
+    """A loop over every element that calls `rule` on numbers; an absent state
+    reads the gradient and is dropped."""
     states = ", ".join(f"s{j}" for j in range(len(present)))
     reads = ", ".join(
         f"s{j}[i]" if here else "g[i]" for j, here in enumerate(present)
@@ -66,7 +68,8 @@ def fused_loop(
     rule,  # a rule `rule(c, param, grad, *states)` of chapter 3
     present: tuple,  # for each state, whether this call has its array
 ):
-    "The compiled loop that applies `rule` element by element, built once per rule and set of states."
+    """The compiled loop that applies `rule` element by element, built once per
+    rule and set of states."""
     key = (rule, present)
     if key not in _LOOPS:
         namespace = {"rule": _jit(rule)}
@@ -84,7 +87,8 @@ def compiled(
     grad: np.ndarray,  # read only
     *states,  # state arrays, updated in place (None for a state the options leave out)
 ):
-    "Apply `rule` with one compiled loop: `elementwise`'s arithmetic, in one pass over memory."
+    """Apply `rule` with one compiled loop: `elementwise`'s arithmetic, in one
+    pass over memory."""
     arrays = (param, grad) + tuple(s for s in states if s is not None)
     if not all(
         a.flags.c_contiguous for a in arrays

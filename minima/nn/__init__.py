@@ -23,7 +23,8 @@ from minima.tensor import (
 
 # %% ../../nbs/01_nn.ipynb #27683ef6
 class Parameter(Tensor):
-    "A Tensor that is a model weight: it requires gradients and is registered by the Module it is assigned to."
+    """A Tensor that is a model weight: it requires gradients and is registered
+    by the Module it is assigned to."""
 
     def __init__(
         self,
@@ -53,7 +54,8 @@ def _check_name(name, kind):
 
 
 class Module:
-    "Base class of layers and models: registers the Parameters and Modules assigned to it as attributes."
+    """Base class of layers and models: registers the Parameters and Modules
+    assigned to it as attributes."""
 
     def __init__(self):
         object.__setattr__(self, "_parameters", {})
@@ -146,7 +148,8 @@ class Module:
         object.__setattr__(self, name, tensor)
 
     def add_module(self, name: str, module):
-        "Register `module` as a child under `name` (what assigning an attribute does)."
+        """Register `module` as a child under `name` (what assigning an
+        attribute does)."""
         _check_name(name, "module")
         if module is not None and not isinstance(module, Module):
             raise TypeError(
@@ -169,7 +172,8 @@ def _named_modules(
     self,
     prefix: str = "",  # prepended to every name
 ) -> Iterator:
-    "Yield `(name, module)` for this module and every sub-module, depth first, each module once."
+    """Yield `(name, module)` for this module and every sub-module, depth
+    first, each module once."""
     seen, stack = set(), [(prefix, self)]
     while stack:
         name, module = stack.pop()
@@ -226,7 +230,8 @@ def _named_parameters(
     prefix: str = "",  # prepended to every name
     recurse: bool = True,  # include the parameters of sub-modules
 ) -> Iterator:
-    "Yield `(dotted name, parameter)` for every parameter, each once, in registration order."
+    """Yield `(dotted name, parameter)` for every parameter, each once, in
+    registration order."""
     yield from _named_members(self, "_parameters", prefix, recurse)
 
 
@@ -234,7 +239,8 @@ def _parameters_of(
     self,
     recurse: bool = True,  # include the parameters of sub-modules
 ) -> Iterator:
-    "Yield every parameter of this module (and of its sub-modules when `recurse`), each once."
+    """Yield every parameter of this module (and of its sub-modules when
+    `recurse`), each once."""
     for _, p in self.named_parameters(recurse=recurse):
         yield p
 
@@ -268,7 +274,8 @@ def _train(
     self,
     mode: bool = True,  # True for training, False for evaluation
 ):
-    "Set `training` to `mode` on this module and every sub-module; returns `self`."
+    """Set `training` to `mode` on this module and every sub-module; returns
+    `self`."""
     if not isinstance(mode, bool):
         raise ValueError(
             f"training mode is expected to be boolean, got {mode!r}"
@@ -287,7 +294,8 @@ def _zero_grad(
     self,
     set_to_none: bool = True,  # drop the gradients rather than zeroing them in place
 ):
-    "Clear the accumulated gradients: drop them (`None`, the default) or fill them with zeros in place."
+    """Clear the accumulated gradients: drop them (`None`, the default) or fill
+    them with zeros in place."""
     for p in self.parameters():
         if set_to_none:
             p.grad = None
@@ -403,7 +411,8 @@ _default_rng = np.random.default_rng()
 def manual_seed(
     seed: int,  # any seed numpy.random.default_rng accepts
 ) -> np.random.Generator:
-    "Reset the generator that layers draw their initial weights from when no `rng` is given; returns it."
+    """Reset the generator that layers draw their initial weights from when no
+    `rng` is given; returns it."""
     global _default_rng
     _default_rng = np.random.default_rng(seed)
     return _default_rng
@@ -480,7 +489,8 @@ class Sigmoid(Module):
 
 # %% ../../nbs/01_nn.ipynb #d4875000
 class Sequential(Module):
-    "Modules applied one after the other, registered under the names `0`, `1`, ..."
+    """Modules applied one after the other, registered under the names `0`,
+    `1`, ..."""
 
     def __init__(self, *modules):
         super().__init__()
@@ -563,7 +573,8 @@ class MSELoss(Module):
 
 # %% ../../nbs/01_nn.ipynb #80008658
 def _class_targets(target, input_shape):
-    "`target` as an integer array of class indices, checked against the (N, C) or (C,) input."
+    """`target` as an integer array of class indices, checked against the (N,
+    C) or (C,) input."""
     target = np.asarray(target.data if isinstance(target, Tensor) else target)
     if not np.issubdtype(target.dtype, np.integer):
         raise TypeError(
@@ -587,7 +598,8 @@ def _class_targets(target, input_shape):
 
 
 class CrossEntropyLoss(Module):
-    "Cross-entropy between logits `input` of shape (N, C) and integer class indices `target` of shape (N,)."
+    """Cross-entropy between logits `input` of shape (N, C) and integer class
+    indices `target` of shape (N,)."""
 
     def __init__(self, reduction: str = "mean"):  # 'mean', 'sum' or 'none'
         super().__init__()

@@ -11,7 +11,8 @@ import numpy as np
 
 # %% ../../nbs/11_clipping.ipynb #f5a1b037
 def _vector_norm(x, p, op="linalg.vector_norm"):
-    "The `p`-norm of all entries of `x`, in its dtype (`torch.linalg.vector_norm`); float32 accumulates in float64."
+    """The `p`-norm of all entries of `x`, in its dtype
+    (`torch.linalg.vector_norm`); float32 accumulates in float64."""
     a = np.abs(x)
     if a.size == 0 and (p < 0 or math.isinf(p)):
         name = "infinity" if op == "_foreach_norm" else _norm_name(p)
@@ -39,12 +40,14 @@ def _vector_norm(x, p, op="linalg.vector_norm"):
 
 
 def _norm_name(p):
-    "How PyTorch's message prints the order: `inf`, `-inf`, `-1` (an integral order without its `.0`)."
+    """How PyTorch's message prints the order: `inf`, `-inf`, `-1` (an integral
+    order without its `.0`)."""
     return str(int(p)) if math.isfinite(p) and p == int(p) else str(p)
 
 # %% ../../nbs/11_clipping.ipynb #c1334e4f
 def _grad_array(t):
-    "A gradient as an array: an ndarray itself, or the `.data` array of a Tensor."
+    """A gradient as an array: an ndarray itself, or the `.data` array of a
+    Tensor."""
     if isinstance(t, np.ndarray):
         return t
     if isinstance(getattr(t, "data", None), np.ndarray):
@@ -101,7 +104,8 @@ def get_total_norm(
 
 # %% ../../nbs/11_clipping.ipynb #d1a46290
 def _as_parameter_list(parameters, warn_if_empty_generator=False):
-    "One parameter, or an iterable of parameters, as a list (a generator is consumed once)."
+    """One parameter, or an iterable of parameters, as a list (a generator is
+    consumed once)."""
     if hasattr(parameters, "grad"):
         return [parameters]
     if isinstance(parameters, np.ndarray):
@@ -133,7 +137,8 @@ def _as_parameter_list(parameters, warn_if_empty_generator=False):
 
 
 def _clip_coefficient(max_norm, total_norm):
-    "min(1, max_norm / (total_norm + 1e-6)) in `total_norm`'s dtype, rounded as PyTorch rounds it."
+    """min(1, max_norm / (total_norm + 1e-6)) in `total_norm`'s dtype, rounded
+    as PyTorch rounds it."""
     total = np.asarray(total_norm)
     if total.ndim != 0:
         raise ValueError(
@@ -187,7 +192,8 @@ def clip_grad_value_(
     clip_value: float,  # every gradient entry is clamped to [-clip_value, clip_value]
     foreach=None,  # accepted for PyTorch compatibility; NumPy has one code path
 ) -> None:
-    "Clamp every entry of every `.grad` in place to `[-clip_value, clip_value]`."
+    """Clamp every entry of every `.grad` in place to `[-clip_value,
+    clip_value]`."""
     params = _as_parameter_list(parameters)
     clip_value = float(clip_value)
     for p in params:

@@ -84,7 +84,8 @@ def adadelta(
 
 # %% ../../nbs/06_rmsprop.ipynb #caef5ec0
 class Adadelta(Optimizer):
-    "Adadelta: RMSprop's average of squares, the step scaled by the RMS of past steps."
+    """Adadelta: RMSprop's average of squares, the step scaled by the RMS of
+    past steps."""
 
     def __init__(
         self,

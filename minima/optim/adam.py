@@ -142,7 +142,8 @@ def _validate_float_betas(betas):
 
 
 class Adam(Optimizer):
-    "Adam (Kingma & Ba, 2015): momentum with per-coordinate step sizes; AMSGrad and AdamW's decay as options."
+    """Adam (Kingma & Ba, 2015): momentum with per-coordinate step sizes;
+    AMSGrad and AdamW's decay as options."""
 
     def __init__(
         self,

@@ -55,7 +55,8 @@ def adamax_constants(
 
 # %% ../../nbs/09_adam_variants.ipynb #3d8788b5
 def adamax_rule(c, param, grad, exp_avg, exp_inf):
-    "One step of Adamax on numbers or arrays, in PyTorch's order of operations."
+    """One step of Adamax on numbers or arrays, in PyTorch's order of
+    operations."""
     if c.maximize:
         grad = -grad
     if c.l2:

@@ -33,7 +33,8 @@ def adamw(
 
 # %% ../../nbs/08_adamw.ipynb #8342ae96
 class AdamW(Adam):
-    "AdamW (Loshchilov & Hutter, 2019): Adam whose weight decay shrinks the parameters directly."
+    """AdamW (Loshchilov & Hutter, 2019): Adam whose weight decay shrinks the
+    parameters directly."""
 
     def __init__(
         self,

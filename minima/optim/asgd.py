@@ -31,7 +31,8 @@ def asgd_constants(
     weight_decay: float,
     maximize: bool,  # as `asgd`
 ) -> AsgdConstants:
-    "Advance the step; this step's numbers; the next step's `eta` and `mu` into the 0-d state, as PyTorch."
+    """Advance the step; this step's numbers; the next step's `eta` and `mu`
+    into the 0-d state, as PyTorch."""
     step_t += 1
     eta_value, mu_value = float(eta), float(mu)
     step = float(step_t)
@@ -81,7 +82,8 @@ def asgd(
     maximize: bool,  # ascend instead of descend
     apply=elementwise,  # how the rule meets the arrays: NumPy (chapter 3) or a compiled loop
 ):
-    "ASGD on lists of arrays, as `torch.optim.asgd.asgd`: per tensor, the constants, then the rule."
+    """ASGD on lists of arrays, as `torch.optim.asgd.asgd`: per tensor, the
+    constants, then the rule."""
     for i, param in enumerate(params):
         c = asgd_constants(
             state_steps[i],
@@ -98,7 +100,8 @@ def asgd(
 
 # %% ../../nbs/12_beyond.ipynb #6ebd4f69
 class ASGD(Optimizer):
-    "Averaged SGD: SGD with a decaying step size that also keeps the average of its iterates in `state[p]['ax']`."
+    """Averaged SGD: SGD with a decaying step size that also keeps the average
+    of its iterates in `state[p]['ax']`."""
 
     def __init__(
         self,
@@ -133,7 +136,8 @@ class ASGD(Optimizer):
         validate_fused(foreach, fused)
 
     def _state_keys(self, group):
-        "The state array shaped like a parameter (`step`, `eta` and `mu` are 0-d)."
+        """The state array shaped like a parameter (`step`, `eta` and `mu` are
+        0-d)."""
         return ("ax",)
 
     def _group_state(self, p, group):
@@ -149,7 +153,8 @@ class ASGD(Optimizer):
         return state
 
     def _update(self, group, params, grads, states, apply=elementwise):
-        "Call `asgd` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
+        """Call `asgd` on arrays and their state dicts: a whole group, or the
+        pieces of its flat buffer."""
         asgd(
             params,
             grads,
@@ -170,7 +175,8 @@ class ASGD(Optimizer):
         self,
         state_dict: dict,  # as returned by `state_dict()`
     ):
-        "Load a state dict; `eta` and `mu` stay float32, so a reloaded run continues as an uninterrupted one."
+        """Load a state dict; `eta` and `mu` stay float32, so a reloaded run
+        continues as an uninterrupted one."""
         super().load_state_dict(state_dict)
         for state in self.state.values():
             for key in ("eta", "mu"):

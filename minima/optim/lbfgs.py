@@ -41,7 +41,8 @@ def cubic_interpolate(
     g2,  # second point: step length, value, slope
     bounds=None,  # `(lo, hi)` to clamp the result to; the interval between the points by default
 ):
-    "Minimiser of the cubic through two points with given values and slopes, clamped to `bounds`."
+    """Minimiser of the cubic through two points with given values and slopes,
+    clamped to `bounds`."""
     lo, hi = bounds if bounds is not None else (min(x1, x2), max(x1, x2))
     d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
     d2_square = d1**2 - g1 * g2
@@ -61,7 +62,8 @@ _Trial = namedtuple(
 
 
 def _bracket(evaluate, start, first, f, gtd, c1, c2, max_ls):
-    "Grow the step until it satisfies strong Wolfe (done) or an interval around such a step is found."
+    """Grow the step until it satisfies strong Wolfe (done) or an interval
+    around such a step is found."""
     prev, cur, ls_iter = start, first, 0
     while ls_iter < max_ls:
         too_high = cur.f > f + c1 * cur.t * gtd or (
@@ -99,7 +101,8 @@ def _zoom(
     tolerance_change,
     max_ls,
 ):
-    "Shrink the interval by cubic interpolation until a point satisfies strong Wolfe; return the best point."
+    """Shrink the interval by cubic interpolation until a point satisfies
+    strong Wolfe; return the best point."""
     low, high = (0, 1) if bracket[0].f <= bracket[-1].f else (1, 0)
     insuf_progress = False
     while not done and ls_iter < max_ls:
@@ -147,7 +150,8 @@ def strong_wolfe(
     tolerance_change: float = 1e-9,  # stop when the interval is this short (times $\max|d|$)
     max_ls: int = 25,  # most evaluations after the first
 ):
-    "Cubic-interpolation line search for a step satisfying the strong Wolfe conditions: `(loss, flat_grad, t, evaluations)`."
+    """Cubic-interpolation line search for a step satisfying the strong Wolfe
+    conditions: `(loss, flat_grad, t, evaluations)`."""
     evals = 0
 
     def evaluate(t):
@@ -177,7 +181,8 @@ def strong_wolfe(
 
 # %% ../../nbs/12_beyond.ipynb #021161a5
 def _loss_value(loss) -> float:
-    "The closure's loss as a float: a number, a 0-d array, or a one-element tensor (its `.data`)."
+    """The closure's loss as a float: a number, a 0-d array, or a one-element
+    tensor (its `.data`)."""
     data = getattr(loss, "data", None)
     return (
         float(data)
@@ -194,7 +199,8 @@ def _check_line_search_fn(line_search_fn):
 
 
 class LBFGS(Optimizer):
-    "L-BFGS with an optional strong Wolfe line search; `step(closure)` runs up to `max_iter` iterations."
+    """L-BFGS with an optional strong Wolfe line search; `step(closure)` runs
+    up to `max_iter` iterations."""
 
     def __init__(
         self,
@@ -251,7 +257,8 @@ class LBFGS(Optimizer):
             offset += x.size
 
     def _along(self, closure, d):
-        "The function of the step length `t` that the line search evaluates: loss and gradient at x + t d."
+        """The function of the step length `t` that the line search evaluates:
+        loss and gradient at x + t d."""
 
         def obj_func(t):
             x = [p.data.copy() for p in self._params]
@@ -265,7 +272,8 @@ class LBFGS(Optimizer):
         return obj_func
 
     def step(self, closure=None):
-        "Run up to `max_iter` iterations; `closure()` sets `.grad` and returns the loss. Returns its first loss."
+        """Run up to `max_iter` iterations; `closure()` sets `.grad` and
+        returns the loss. Returns its first loss."""
         if closure is None or not callable(closure):
             raise TypeError(
                 "LBFGS.step needs a closure: a function that sets .grad on the parameters and returns "

@@ -21,7 +21,8 @@ def sgn(
 
 # %% ../../nbs/15_lion.ipynb #17f336bb
 def lion_rule(c, param, grad, exp_avg):
-    "One step of Lion on numbers or arrays, in lion-pytorch's order of operations."
+    """One step of Lion on numbers or arrays, in lion-pytorch's order of
+    operations."""
     if c.decays:
         param *= c.decay
     update = sgn(exp_avg * c.beta1 + grad * c.one_minus_beta1, c.one)
@@ -119,7 +120,8 @@ def _validate_lion(lr, betas, weight_decay, use_triton):
 
 
 class Lion(Optimizer):
-    "Lion (Chen et al., 2023) as lion-pytorch's: the sign of momentum and gradient."
+    """Lion (Chen et al., 2023) as lion-pytorch's: the sign of momentum and
+    gradient."""
 
     def __init__(
         self,

@@ -213,7 +213,8 @@ class Lookahead(Optimizer):
                         )
 
     def load_state_dict(self, state_dict: dict):
-        "Load what `state_dict()` saved, refusing a state for other parameters."
+        """Load what `state_dict()` saved, refusing a state for other
+        parameters."""
         saved = state_dict["lookahead_state"]
         restored = {
             p: saved[i, j]

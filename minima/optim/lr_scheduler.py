@@ -67,7 +67,8 @@ def _set_momentum(group, value, use_beta1):
 
 # %% ../../nbs/10_lr_scheduler.ipynb #8da22268
 def _track_optimizer_steps(optimizer):
-    "Wrap `optimizer.step` (once per optimizer) so it records that it ran, as torch does."
+    """Wrap `optimizer.step` (once per optimizer) so it records that it ran, as
+    torch does."""
     if hasattr(optimizer.step, "_wrapped_by_lr_sched"):
         return
     unbound, owner = optimizer.step.__func__, weakref.ref(optimizer)
@@ -83,7 +84,8 @@ def _track_optimizer_steps(optimizer):
 
 
 def _warn_step_order(scheduler):
-    "Warn once, at the first explicit step, when the optimizer has not stepped yet (torch issue 20124)."
+    """Warn once, at the first explicit step, when the optimizer has not
+    stepped yet (torch issue 20124)."""
     if not hasattr(scheduler.optimizer.step, "_wrapped_by_lr_sched"):
         warnings.warn(
             "Seems like `optimizer.step()` has been overridden after learning rate scheduler "
@@ -335,7 +337,8 @@ class StepLR(LRScheduler):
 
 # %% ../../nbs/10_lr_scheduler.ipynb #6e899eee
 class MultiStepLR(LRScheduler):
-    "Multiply the lr by `gamma` at each milestone (by `gamma**n` at a milestone listed n times)."
+    """Multiply the lr by `gamma` at each milestone (by `gamma**n` at a
+    milestone listed n times)."""
 
     def __init__(
         self,
@@ -364,7 +367,8 @@ class MultiStepLR(LRScheduler):
 
 # %% ../../nbs/10_lr_scheduler.ipynb #ca1353d1
 class ConstantLR(LRScheduler):
-    "Multiply the lr by `factor` for the first `total_iters` steps, then restore it."
+    """Multiply the lr by `factor` for the first `total_iters` steps, then
+    restore it."""
 
     def __init__(
         self,
@@ -403,7 +407,8 @@ class ConstantLR(LRScheduler):
 
 # %% ../../nbs/10_lr_scheduler.ipynb #942486f5
 class LinearLR(LRScheduler):
-    "Move the lr's factor linearly from `start_factor` to `end_factor` over `total_iters` steps."
+    """Move the lr's factor linearly from `start_factor` to `end_factor` over
+    `total_iters` steps."""
 
     def __init__(
         self,
@@ -485,7 +490,8 @@ class ExponentialLR(LRScheduler):
 
 # %% ../../nbs/10_lr_scheduler.ipynb #2424d44b
 class PolynomialLR(LRScheduler):
-    "Decay the lr as `(1 - step/total_iters)**power` until `total_iters`, then hold it."
+    """Decay the lr as `(1 - step/total_iters)**power` until `total_iters`,
+    then hold it."""
 
     def __init__(
         self,
@@ -515,7 +521,8 @@ class PolynomialLR(LRScheduler):
 
 # %% ../../nbs/10_lr_scheduler.ipynb #ce06370c
 class CosineAnnealingLR(LRScheduler):
-    "Anneal the lr from its initial value to `eta_min` along half a cosine of `T_max` steps."
+    """Anneal the lr from its initial value to `eta_min` along half a cosine of
+    `T_max` steps."""
 
     def __init__(
         self,
@@ -717,7 +724,8 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         self,
         epoch=None,  # jump to this step (may be `epoch + i/iters`)
     ):
-        "Advance one step, or jump to step `epoch`; restart when a period ends."
+        """Advance one step, or jump to step `epoch`; restart when a period
+        ends."""
         if epoch is None and self.last_epoch < 0:
             epoch = 0
         if epoch is None:

@@ -124,7 +124,8 @@ def nadam(
 
 # %% ../../nbs/09_adam_variants.ipynb #2e5ae8b6
 class NAdam(Optimizer):
-    "NAdam (Dozat, 2016): Adam with Nesterov momentum and a warming-up momentum."
+    """NAdam (Dozat, 2016): Adam with Nesterov momentum and a warming-up
+    momentum."""
 
     def __init__(
         self,
@@ -164,7 +165,8 @@ class NAdam(Optimizer):
         self,
         state_dict: dict,  # as returned by `state_dict()`
     ):
-        "Load a state dict; `mu_product` stays float32, as when it was created."
+        """Load a state dict; `mu_product` stays float32, as when it was
+        created."""
         super().load_state_dict(state_dict)
         for state in self.state.values():
             if "mu_product" in state:

@@ -15,7 +15,8 @@ __all__ = ['is_parameter', 'lerp', 'scalars_in_dtype', 'elementwise', 'view_as_r
 
 # %% ../../nbs/03_optimizer.ipynb #ee8278f9
 def is_parameter(obj) -> bool:
-    "True when `obj` follows the parameter protocol: an ndarray `.data` and a `.grad` attribute."
+    """True when `obj` follows the parameter protocol: an ndarray `.data` and a
+    `.grad` attribute."""
     return isinstance(getattr(obj, "data", None), np.ndarray) and hasattr(
         obj, "grad"
     )
@@ -31,7 +32,8 @@ def _type_name(obj) -> str:
 
 # %% ../../nbs/03_optimizer.ipynb #3c621624
 def _as_group_list(params) -> list:
-    "The `params` argument as a list of groups: a plain iterable of parameters becomes one group."
+    """The `params` argument as a list of groups: a plain iterable of
+    parameters becomes one group."""
     if (
         is_parameter(params)
         or isinstance(params, np.ndarray)
@@ -48,7 +50,8 @@ def _as_group_list(params) -> list:
 
 
 def _checked_group(param_group, defaults: dict) -> dict:
-    "A new group dict: `params` as a list of checked parameters, missing hyper-parameters from `defaults`."
+    """A new group dict: `params` as a list of checked parameters, missing
+    hyper-parameters from `defaults`."""
     if not isinstance(param_group, dict):
         raise TypeError(
             f"param_group must be a dict, but got {type(param_group)}"
@@ -110,7 +113,8 @@ def _check_names_agree(groups: list, group: dict):
 
 # %% ../../nbs/03_optimizer.ipynb #5dbc9955
 def _cast_state(value, param, key=None):
-    "A deep copy of a loaded state value; arrays take the dtype of a floating `param`, except `'step'`."
+    """A deep copy of a loaded state value; arrays take the dtype of a floating
+    `param`, except `'step'`."""
     if isinstance(value, np.ndarray):
         if key != "step" and np.issubdtype(param.data.dtype, np.floating):
             return value.astype(param.data.dtype)
@@ -123,7 +127,8 @@ def _cast_state(value, param, key=None):
 
 
 def _check_loadable(groups: list, saved_groups: list):
-    "Refuse a state dict whose groups do not line up with ours (PyTorch's messages)."
+    """Refuse a state dict whose groups do not line up with ours (PyTorch's
+    messages)."""
     if len(groups) != len(saved_groups):
         raise ValueError(
             "loaded state dict has a different number of parameter groups"
@@ -138,7 +143,8 @@ def _check_loadable(groups: list, saved_groups: list):
 
 # %% ../../nbs/03_optimizer.ipynb #b34656dd
 def _check_state_fits(opt, saved_groups: list, state: dict):
-    "Refuse a state array of `_state_keys` not shaped or typed as its parameter."
+    """Refuse a state array of `_state_keys` not shaped or typed as its
+    parameter."""
     for g, (saved, group) in enumerate(zip(saved_groups, opt.param_groups)):
         keys = opt._state_keys({**opt.defaults, **saved})
         names = group.get("param_names", saved.get("param_names"))
@@ -225,7 +231,8 @@ def lerp(
     weight,  # fraction of the way from `start` to `end`
     one,  # the number 1, in the dtype of `weight` and the arrays
 ):
-    "PyTorch's `lerp`: `start + weight * (end - start)` below weight 1/2, else `end - (end - start) * (1 - weight)`."
+    """PyTorch's `lerp`: `start + weight * (end - start)` below weight 1/2,
+    else `end - (end - start) * (1 - weight)`."""
     if abs(weight) < 0.5:
         start += weight * (end - start)
         return start
@@ -238,7 +245,8 @@ def scalars_in_dtype(
     c: tuple,  # a step's constants (a named tuple of numbers and flags)
     dtype,  # the dtype of the arrays they meet
 ) -> tuple:
-    "`c` with every number in `dtype` (flags stay bool): float32 arrays are updated in float32 arithmetic."
+    """`c` with every number in `dtype` (flags stay bool): float32 arrays are
+    updated in float32 arithmetic."""
     number = np.dtype(dtype).type
     return type(c)(
         *(v if isinstance(v, (bool, np.bool_)) else number(v) for v in c)
@@ -252,7 +260,8 @@ def elementwise(
     grad: np.ndarray,  # read only
     *states,  # state arrays, updated in place (None for a state the options leave out)
 ):
-    "Apply `rule` to whole arrays, NumPy broadcasting each operation; write back results that are new arrays."
+    """Apply `rule` to whole arrays, NumPy broadcasting each operation; write
+    back results that are new arrays."""
     new = rule(scalars_in_dtype(c, param.dtype), param, grad, *states)
     for array, value in zip((param, *states), new):
         if array is not None and value is not array:
@@ -381,7 +390,8 @@ def _checked_step_args(optimizer, args: tuple, kwargs: dict):
 
 # %% ../../nbs/03_optimizer.ipynb #346af861
 class Optimizer:
-    "Base class of all optimizers: parameter groups, per-parameter state, saving and hooks (PyTorch's API)."
+    """Base class of all optimizers: parameter groups, per-parameter state,
+    saving and hooks (PyTorch's API)."""
 
     def __init__(
         self,
@@ -437,7 +447,8 @@ class Optimizer:
                     p.grad[...] = 0
 
     def step(self, closure=None):
-        "Update every group once; `closure` re-evaluates the model and returns its loss, which `step` returns."
+        """Update every group once; `closure` re-evaluates the model and
+        returns its loss, which `step` returns."""
         loss = None if closure is None else closure()
         fast_step = _fast_step_for(type(self))
         for group in self.param_groups:
@@ -450,7 +461,8 @@ class Optimizer:
         return loss
 
     def _step_tensors(self, group, apply=elementwise):
-        "The reference path: the kernel on the parameters of `group` that have a gradient, one array each."
+        """The reference path: the kernel on the parameters of `group` that
+        have a gradient, one array each."""
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return
@@ -463,15 +475,18 @@ class Optimizer:
         self._update(group, datas, grads, states, apply)
 
     def _update(self, group, params, grads, states, apply=elementwise):
-        "Call the kernel on lists of arrays and their state dicts; subclasses implement it."
+        """Call the kernel on lists of arrays and their state dicts; subclasses
+        implement it."""
         raise NotImplementedError
 
     def _state_keys(self, group) -> tuple:
-        "Names of the state arrays shaped like a parameter; subclasses list theirs."
+        """Names of the state arrays shaped like a parameter; subclasses list
+        theirs."""
         return ()
 
     def _group_state(self, p, group) -> dict:
-        "The state of `p`, created at its first step: a 0-d step counter and zeros for each of `_state_keys(group)`."
+        """The state of `p`, created at its first step: a 0-d step counter and
+        zeros for each of `_state_keys(group)`."""
         state = self.state[p]
         if not state:
             state["step"] = np.zeros((), np.float64)
@@ -480,7 +495,8 @@ class Optimizer:
         return state
 
     def state_dict(self) -> dict:
-        "The state and the groups as plain data, parameters replaced by their index (PyTorch's layout)."
+        """The state and the groups as plain data, parameters replaced by their
+        index (PyTorch's layout)."""
         index, packed_groups, start = {}, [], 0
         for group in self.param_groups:
             packed = copy.deepcopy(
@@ -506,7 +522,8 @@ class Optimizer:
         self,
         state_dict: dict,  # as returned by `state_dict()`
     ):
-        "Load state and hyper-parameters saved by `state_dict()` into this optimizer's parameters."
+        """Load state and hyper-parameters saved by `state_dict()` into this
+        optimizer's parameters."""
         saved_groups = copy.deepcopy(state_dict["param_groups"])
         _check_loadable(self.param_groups, saved_groups)
         _check_state_fits(self, saved_groups, state_dict["state"])
@@ -530,7 +547,8 @@ class Optimizer:
         self.state, self.param_groups = state, saved_groups
 
     def register_step_pre_hook(self, hook) -> _HookHandle:
-        "Call `hook(optimizer, args, kwargs)` before each step; it may return new `(args, kwargs)`."
+        """Call `hook(optimizer, args, kwargs)` before each step; it may return
+        new `(args, kwargs)`."""
         handle = _HookHandle(self._step_pre_hooks)
         self._step_pre_hooks[handle.id] = hook
         return handle
@@ -607,12 +625,14 @@ def register_fast_step(
     cls: type,  # an optimizer class whose `_update` takes `apply`
     fast_step,  # `fast_step(optimizer, group)`: flat buffers or compiled loops (chapter 14)
 ):
-    "Let `cls` (and its subclasses) step its groups with `fast_step` unless a group asks `foreach=False`."
+    """Let `cls` (and its subclasses) step its groups with `fast_step` unless a
+    group asks `foreach=False`."""
     _FAST_STEPS[cls] = fast_step
 
 
 def _fast_step_for(cls):
-    "The fast step registered for `cls` or the nearest parent class, else None (then the reference runs)."
+    """The fast step registered for `cls` or the nearest parent class, else
+    None (then the reference runs)."""
     return next(
         (_FAST_STEPS[k] for k in cls.__mro__ if k in _FAST_STEPS), None
     )
@@ -623,7 +643,8 @@ def param_groups_no_decay(
     weight_decay: float,  # weight decay of the matrices and other >=2-d weights
     skip=("bias", "norm"),  # name fragments that are never decayed
 ) -> list:
-    "Two parameter groups: decayed weights, and biases, norm scales and other 1-d parameters with no decay."
+    """Two parameter groups: decayed weights, and biases, norm scales and other
+    1-d parameters with no decay."""
     decay, no_decay = [], []
     for name, p in named_parameters:
         undecayed = p.data.ndim <= 1 or any(s in name.lower() for s in skip)

@@ -73,7 +73,8 @@ def prodigy_moments(
     safeguard_warmup: bool,  # weight s by d instead of d*lr
     slice_p: int,  # use every slice_p-th entry for r and s
 ) -> tuple:
-    "Update m, v and s of one group; add its terms to the sums of d's estimate."
+    """Update m, v and s of one group; add its terms to the sums of d's
+    estimate."""
     numerator, denominator = sums
     scale = c.d / d0
     for param, grad, exp_avg, exp_avg_sq, s, p0 in zip(
@@ -182,7 +183,8 @@ def _validate(
 
 
 class Prodigy(Optimizer):
-    "Prodigy (Mishchenko & Defazio, 2023): Adam whose step size d*lr is learned."
+    """Prodigy (Mishchenko & Defazio, 2023): Adam whose step size d*lr is
+    learned."""
 
     _supports_complex = False  # refused at step: prodigyopt has no rule
 

@@ -46,7 +46,8 @@ def radam_constants(
     decoupled_weight_decay: bool,
     maximize: bool,  # as `radam`
 ) -> RAdamConstants:
-    "Advance the step counter; this step's constants (rectification, corrections)."
+    """Advance the step counter; this step's constants (rectification,
+    corrections)."""
     step_t += 1
     step = float(step_t)
     bias_correction2 = 1 - beta2**step
@@ -134,7 +135,8 @@ def radam(
 
 # %% ../../nbs/09_adam_variants.ipynb #51d4c873
 class RAdam(Optimizer):
-    "RAdam (Liu et al., 2020): Adam with a rectified, warming-up adaptive step."
+    """RAdam (Liu et al., 2020): Adam with a rectified, warming-up adaptive
+    step."""
 
     def __init__(
         self,

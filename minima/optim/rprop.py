@@ -40,7 +40,8 @@ def rprop_constants(
     etaplus: float,
     maximize: bool,  # as `rprop`
 ) -> RpropConstants:
-    "Advance the step counter; the constants are the hyper-parameters, with 0 and 1 for the rule."
+    """Advance the step counter; the constants are the hyper-parameters, with 0
+    and 1 for the rule."""
     step_t += 1
     return RpropConstants(
         maximize, 0.0, 1.0, etaminus, etaplus, step_size_min, step_size_max
@@ -83,7 +84,8 @@ def rprop(
     maximize: bool,  # ascend instead of descend
     apply=elementwise,  # how the rule meets the arrays: NumPy (chapter 3) or a compiled loop
 ):
-    "Rprop on lists of arrays, as `torch.optim.rprop.rprop`: per tensor, the constants, then the rule."
+    """Rprop on lists of arrays, as `torch.optim.rprop.rprop`: per tensor, the
+    constants, then the rule."""
     for i, param in enumerate(params):
         c = rprop_constants(
             state_steps[i],
@@ -97,7 +99,8 @@ def rprop(
 
 # %% ../../nbs/12_beyond.ipynb #6a9638f8
 class Rprop(Optimizer):
-    "Resilient backpropagation: sign-based steps with per-coordinate adaptive step sizes (full-batch)."
+    """Resilient backpropagation: sign-based steps with per-coordinate adaptive
+    step sizes (full-batch)."""
 
     def __init__(
         self,
@@ -136,7 +139,8 @@ class Rprop(Optimizer):
         return ("prev", "step_size")
 
     def _group_state(self, p, group):
-        "The state of `p`, created at its first step: the step sizes start at `lr`."
+        """The state of `p`, created at its first step: the step sizes start at
+        `lr`."""
         state = self.state[p]
         if not state:
             state["step"] = np.zeros((), np.float64)
@@ -148,7 +152,8 @@ class Rprop(Optimizer):
         return state
 
     def _update(self, group, params, grads, states, apply=elementwise):
-        "Call `rprop` on arrays and their state dicts: a whole group, or the pieces of its flat buffer."
+        """Call `rprop` on arrays and their state dicts: a whole group, or the
+        pieces of its flat buffer."""
         (etaminus, etaplus), (lo, hi) = group["etas"], group["step_sizes"]
         rprop(
             params,

@@ -293,7 +293,8 @@ class _ScheduleFree(Optimizer):
             group["train_mode"] = False
 
     def step(self, closure=None):
-        "One step of every group (train mode only); returns the closure's loss."
+        """One step of every group (train mode only); returns the closure's
+        loss."""
         if not self.param_groups[0]["train_mode"]:
             raise Exception(_NOT_IN_TRAIN_MODE)
         loss = None if closure is None else closure()
