@@ -36,8 +36,8 @@ COLORS = {
     "Lookahead": "darkslategray",
     "Muon": "darkgoldenrod",
     "SOAP": "mediumseagreen",
-    "SWA": "darkgreen",
-    "EMA": "crimson",
+    "SWA": "seagreen",
+    "EMA": "orangered",
 }
 
 _FALLBACK = [
