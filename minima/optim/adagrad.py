@@ -32,7 +32,8 @@ def adagrad_constants(
     eps: float,
     maximize: bool,  # as `adagrad`
 ) -> AdagradConstants:
-    "Advance the step counter; this step's learning rate `clr` lives here only."
+    """Advance the step counter; this step's learning rate `clr` lives here
+    only."""
     step_t += 1
     step = float(step_t)
     clr = lr / (1 + (step - 1) * lr_decay)
@@ -80,7 +81,8 @@ def adagrad(
 
 # %% ../../nbs/05_adagrad.ipynb #2a64fd31
 class Adagrad(Optimizer):
-    "AdaGrad: each coordinate's step is divided by the root of its sum of squares."
+    """AdaGrad: each coordinate's step is divided by the root of its sum of
+    squares."""
 
     def __init__(
         self,
@@ -124,7 +126,8 @@ class Adagrad(Optimizer):
                 self._init_state(p, init)
 
     def _init_state(self, p, initial_accumulator_value):
-        "Unless `p` has state: a step counter at 0, a sum filled with the value."
+        """Unless `p` has state: a step counter at 0, a sum filled with the
+        value."""
         state = self.state[p]
         if len(state) == 0:
             state["step"] = np.zeros((), np.float64)
@@ -138,7 +141,8 @@ class Adagrad(Optimizer):
         return ("sum",)
 
     def _group_state(self, p, group):
-        "The state of `p`; parameters added later get theirs here, from the defaults."
+        """The state of `p`; parameters added later get theirs here, from the
+        defaults."""
         self._init_state(p, self.defaults["initial_accumulator_value"])
         return self.state[p]
 
