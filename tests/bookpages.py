@@ -14,10 +14,10 @@ MEASURE_JS = """(column) => {
   const article = document.querySelector('article') || document.body;
   const code = [...article.querySelectorAll('div.highlight pre')]
     .filter(pre => !pre.closest('.cell_output'));
-  const lines = code.flatMap(pre => pre.innerText.replace(/\\n$/, '').split('\\n'));
+  const lines = code.flatMap(pre => pre.textContent.replace(/\\n$/, '').split('\\n'));
   const wide = lines.filter(l => l.length > column);
   const showdoc = code.filter(pre => pre.closest('.cell_input') &&
-                                    pre.innerText.includes('show_doc('));
+                                    pre.textContent.includes('show_doc('));
   const merror = article.querySelectorAll('mjx-merror').length;
   const backslash = [...article.querySelectorAll('mjx-container')]
     .filter(m => m.querySelector('mjx-c.mjx-c5C')).length;

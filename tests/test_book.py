@@ -138,3 +138,21 @@ def test_chapters_are_numbered_and_chapter_references_are_links(browser, book_ur
     assert "%s" not in text and "{numref}" not in text, "an unresolved chapter reference is shown"
     assert not errors, f"the browser console shows errors: {errors}"
     page.close()
+
+
+def test_screenshots_for_review(browser, book_url):
+    """Viewport screenshots of three chapters at 1280 px and of chapter 07 at 390 px, around their first figure
+    or display equation, written to _build/screenshots/ for a reviewer (the numbers are asserted above)."""
+    out = ROOT / "_build" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, width, what in [("04_sgd", 1280, "img"), ("07_adam", 1280, "img"),
+                              ("10_lr_scheduler", 1280, "img"), ("07_adam", 390, "mjx-container[display='true']")]:
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.goto(f"{book_url}/{name}.html", wait_until="load")
+        bookpages.wait_for_math(page)
+        top = page.locator(f"article {what}").first.evaluate("e => e.getBoundingClientRect().top + window.scrollY")
+        page.evaluate(f"window.scrollTo(0, {max(0, top - 250)})")
+        path = out / f"{name}_{width}.jpg"
+        page.screenshot(path=str(path), type="jpeg", quality=70)
+        page.close()
+        assert path.stat().st_size > 10_000, f"{path} is (nearly) empty"
