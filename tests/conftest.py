@@ -37,3 +37,19 @@ def require_chromium():
 
 @pytest.fixture(scope="session")
 def torch(): return require_torch()
+
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    "Headless Chromium driven by playwright (tests of the rendered book)."
+    chromium = require_chromium()
+    try: from playwright.sync_api import sync_playwright
+    except ImportError: _missing("playwright", "install it with `pip install playwright` (or run `make test`)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()

@@ -7,8 +7,6 @@ from conftest import IN_CI, ROOT, _missing, require_chromium
 
 HTML = ROOT / "_build" / "html"
 CHAPTER = "04_sgd"  # a chapter with display math and figures
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -24,17 +22,6 @@ def book_url():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = require_chromium()
-    try: from playwright.sync_api import sync_playwright
-    except ImportError: _missing("playwright", "install it with `pip install playwright` (or run `make test`)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
 
 
 def load(browser, url):

@@ -67,8 +67,6 @@ def test_the_html_embeds_plotly_and_every_path(paths, plotly):
     assert len(small) < len(html) - 3_000_000  # a second figure on a page can leave plotly.js out
 
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -79,17 +77,6 @@ def serve(directory):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = require_chromium()
-    try: from playwright.sync_api import sync_playwright
-    except ImportError: _missing("playwright", "install it with `pip install playwright` (or run `make test`)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
 
 
 def open_figure(browser, url, div_id):
