@@ -46,6 +46,16 @@ def assert_same_state(mopt, topt, mparams, tparams, when):
 
 
 # --- building both sides --------------------------------------------------------------------------------------
+# Parameters come from their own random stream: drawn from the gradients' (`default_rng(seed)`), a parameter
+# equals twice its first gradient, and weight decay 1/2 with `maximize` cancels that gradient exactly (see
+# test_weight_decay_cancellation_matches_torch_fma).
+PARAM_STREAM = 1
+
+
+def param_rng(seed):
+    return np.random.default_rng([seed, PARAM_STREAM])
+
+
 def new_arrays(specs, rng):
     return [np.array(rng.standard_normal(shape) * 2, dtype=dtype) for shape, dtype in specs]
 
@@ -56,7 +66,7 @@ class Twin:
         self.torch = require_torch()
         self.name, self.options, self.path = name, options, path
         self.mcls, self.tcls = getattr(mo, name), getattr(self.torch.optim, name)
-        self.rng = np.random.default_rng(seed)
+        self.rng = param_rng(seed)
         mgroups, tgroups = [], []
         for specs, overrides in groups:
             m, t = self._params(specs)
@@ -153,7 +163,7 @@ def test_each_optimizer_matches_torch(name, data):
 # --- invariants without an oracle -----------------------------------------------------------------------------
 def minima_run(name, options, path, groups, steps, seed=0, grad_map=lambda g: g):
     "Run minima alone: `steps` is a list of (mask, scale, seed); returns the parameters (arrays) after each step."
-    rng = np.random.default_rng(seed)
+    rng = param_rng(seed)
     params = [[Param(a) for a in new_arrays(specs, rng)] for specs, _ in groups]
     opt = getattr(mo, name)([{"params": ps, **ov} for ps, (_, ov) in zip(params, groups)],
                             **options, **S.PATH_KWARGS[path])
@@ -502,6 +512,25 @@ def test_rmsprop_centered_float32_variance_rounding():
     p.grad, t.grad = np.array(g), torch.tensor(g)
     mine.step(); ref.step()
     np.testing.assert_array_equal(p.data, t.detach().numpy())   # torch: nan, minima: -125730.2
+
+
+# KNOWN DIFFERENCE (xfail, strict), found by the thorough profile on 2026-12-02, when parameters and gradients still
+# came from one random stream (p = 2 g): torch's L2 decay `grad.add(param, alpha=weight_decay)` is one fused
+# multiply-add on CPU, minima's `grad + param * weight_decay` rounds twice. With `maximize`, weight decay just below
+# 1/2 cancels -g + wd * 2g exactly in exact arithmetic: torch keeps the residue of one rounding (about -1e-17),
+# minima gets 0, and Adamax with beta2 = 0 divides by |g| + eps, which turns the residue into a step of 1e-9.
+# float64 has no wider type in NumPy to emulate the fused multiply-add; same root cause as the two cases above.
+@pytest.mark.xfail(strict=True, reason="known difference, not fixed: torch's add(alpha=) rounds once (fused "
+                   "multiply-add), minima's rule twice; visible under exact cancellation")
+def test_weight_decay_cancellation_matches_torch_fma():
+    torch = require_torch()
+    g = np.random.default_rng(0).standard_normal(())
+    p, t = Param(np.array(2 * g)), torch.tensor(2 * g, requires_grad=True)
+    kw = dict(lr=0.1, betas=(0.0, 0.0), eps=1e-8, weight_decay=0.49999999999999994, maximize=True)
+    mine, ref = mo.Adamax([p], **kw, foreach=False), torch.optim.Adamax([t], **kw, foreach=False)
+    p.grad, t.grad = np.array(g), torch.tensor(g)
+    mine.step(); ref.step()
+    assert_close(p.data, t.detach().numpy(), "param after the cancelling step")
 
 
 @st.composite
