@@ -363,6 +363,8 @@ def plot_history(
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
     ax_lr.plot(steps, history.lr, color=color, label=label)
     ax_lr.set(xlabel="step", ylabel="learning rate", title="Learning rate")
+    if history.lr and max(history.lr) == min(history.lr):  # constant: from 0
+        ax_lr.set_ylim(0, 1.5 * max(history.lr))
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=9)
