@@ -197,6 +197,8 @@ def _torch_size(shape):
 class Muon(Optimizer):
     "Muon (Jordan et al., 2024): momentum, orthogonalized by Newton-Schulz."
 
+    _supports_complex = False  # as torch: refused at step
+
     def __init__(
         self,
         params,  # 2-d parameters, or dicts defining parameter groups
