@@ -533,6 +533,26 @@ def test_weight_decay_cancellation_matches_torch_fma():
     assert_close(p.data, t.detach().numpy(), "param after the cancelling step")
 
 
+# KNOWN DIFFERENCE (xfail, strict), found by the thorough profile on 2026-12-02 after the two above were pinned:
+# RMSprop in float32 with alpha = 1 - 1e-16 (1 in float32) and eps = 0 takes a first step of 2.4e7, and L2 decay
+# then makes the second step cancel it. torch's `square_avg.addcmul_(grad, grad, value=1 - alpha)` rounds once
+# (fused multiply-add), minima's `square_avg += grad * c.one_minus_alpha * grad` twice, so square_avg differs by
+# one float32 ulp; the cancelling step turns that into one ulp of 2.4e7 (2.0) on a parameter that ends near 0.
+# Not pinned out of the strategies: the comparison is relative to the result, which cancellation makes tiny.
+@pytest.mark.xfail(strict=True, reason="known difference, not fixed: torch's addcmul rounds once (fused "
+                   "multiply-add), minima's rule twice; a cancelling step makes one ulp of 2.4e7 visible")
+def test_rmsprop_cancelling_step_in_float32_matches_torch_fma():
+    torch = require_torch()
+    start, g = np.float32(-1.9610543), np.float32(-0.13210486)
+    p, t = Param(np.array(start)), torch.tensor(start, requires_grad=True)
+    kw = dict(lr=0.25, alpha=0.9999999999999999, eps=0.0, weight_decay=0.01)
+    mine, ref = mo.RMSprop([p], **kw, foreach=False), torch.optim.RMSprop([t], **kw, foreach=False)
+    for _ in range(2):
+        p.grad, t.grad = np.array(g), torch.tensor(g)
+        mine.step(); ref.step()
+    assert_close(p.data, t.detach().numpy(), "param after the cancelling step")
+
+
 @st.composite
 def invalid_param_lists(draw):
     "A params argument torch refuses: empty, a set, a non-parameter, a parameter in two groups, no 'params'."
