@@ -360,7 +360,7 @@ def test_foreach_and_fused_together_are_refused_without_trace(config, specs):
         np.testing.assert_array_equal(p.data, a)
 
 
-# --- known failures (found by the properties above): they fail until minima is fixed ---------------------------
+# --- what the properties above found, pinned: bugs since fixed, known differences as strict xfails -------------
 # FIXED BUG (pinned): Rprop with an etaminus that underflows to 0 in float32 (any etaminus < 1.4e-45 is a
 # valid option for torch). torch writes etaminus into the float32 `sign` tensor (0), then `sign[sign.eq(0)] = 1`
 # turns those entries into 1: at a sign change the step size is kept and the gradient is NOT zeroed.
@@ -386,9 +386,7 @@ def clipping_cases(draw):
     scale = draw(st.sampled_from([1.0, 1e-3, 1e3, 1e20]))
     grads = []
     for shape, dtype, has_grad in specs:
-        # float32 gradients near 1e20 overflow minima's norms: a known bug, held by test_known_clipping_bugs
-        s = scale if dtype == "float64" else min(scale, 1e3)
-        g = np.array(rng.standard_normal(shape) * s, dtype=dtype) if has_grad else None
+        g = np.array(rng.standard_normal(shape) * scale, dtype=dtype) if has_grad else None
         if g is not None and g.size and draw(st.integers(0, 5)) == 0:   # a non-finite entry, one grad in six
             g.flat[draw(st.integers(0, g.size - 1))] = draw(st.sampled_from([np.inf, -np.inf, np.nan]))
         grads.append(g)
@@ -440,31 +438,27 @@ def test_clipping_matches_torch(case):
     if fn == "clip_grad_value_" and all(g is None for g in grads) and "nested_tensorlist" in str(ref):
         ref = ("ok", None)   # torch's foreach kernel trips over an empty list; nothing to clip is right
     assert mine[0] == ref[0], f"{mine} vs torch's {ref}"
-    if mine[0] == "error":
-        if "_foreach_norm cannot compute" in ref[2]: assert mine[:2] == ref[:2]   # known bug (message), see below
-        else: assert mine == ref
-    # known bug (see below): float32 norms are rounded in float32 arithmetic, torch's in double; a float64
-    # total built on them (and the gradients it scales) differ at float32's rounding level.
-    mixed = len({g.dtype for g in grads if g is not None}) > 1
-    if mine[0] == "error": pass
-    elif ref[1] is not None:
-        assert_close(np.asarray(mine[1]), to_numpy(ref[1]), "the returned norm", tol=TOL[np.float32] if mixed else None)
+    # Known difference: a float32 norm is summed in float32, as torch sums it, but not in torch's order, so it
+    # differs at float32's rounding level; a float64 total over mixed dtypes (and what it scales) inherits that.
+    tol = TOL[np.float32] if len({g.dtype for g in grads if g is not None}) > 1 else None
+    if mine[0] == "error": assert mine == ref
+    elif ref[1] is not None: assert_close(np.asarray(mine[1]), to_numpy(ref[1]), "the returned norm", tol=tol)
     else: assert mine[1] is None
     for i, (a, b) in enumerate(zip(mgrads, tgrads)):
         assert (a is None) == (b is None)
-        if a is not None: assert_close(a, b, f"grad {i}", tol=TOL[np.float32] if mixed else None)
+        if a is not None: assert_close(a, b, f"grad {i}", tol=tol)
 
 
-# FIXED BUG (pinned): minima.nn.utils._vector_norm computes the norm of a float32 array in float32
-# arithmetic: `np.sqrt((a * a).sum())` overflows to inf once |x| > ~1.8e19 (torch, which accumulates float32
-# reductions in double on the CPU, returns the finite norm), so clip_grad_norm_(..., error_if_nonfinite=True)
-# raises where torch clips; and fractional p-norms of float32 arrays are rounded differently (visible in a
-# float64 total over mixed dtypes). Suggested fix: compute on `a.astype(np.float64)` and cast the result to
-# a.dtype.
+# FIXED BUGS (pinned), found in two rounds. First: minima.nn.utils._vector_norm squared a float32 0-d gradient
+# of 3.5e19 in float32 (inf) where torch returns its magnitude. It was "fixed" by accumulating float32 in
+# float64, and the strategy kept float32 gradients below 1e3 meanwhile. Lifting that limit showed the fix was
+# wrong: torch's CPU norms of float32 accumulate in float32 (two float32 entries of 3.5e19 and 8.2e19 have
+# norm inf, so error_if_nonfinite raises), and only a single entry is returned as its magnitude. Now minima
+# does both (cases 1, 2 and 5).
 # FIXED BUG (pinned): with foreach=None or True, torch's error for an inf/-inf norm of an empty gradient is
 # _foreach_norm's ("_foreach_norm cannot compute the infinity norm on an empty tensor because the operation
 # does not have an identity"); minima always gives linalg.vector_norm's message.
-KNOWN_CLIPPING_BUGS = [
+FOUND_CLIPPING_BUGS = [
     ([np.array(3.455842e+19, dtype=np.float32)], "get_total_norm",
      {"foreach": None, "norm_type": 2.0, "error_if_nonfinite": False}),
     ([np.array(3.455842e+19, dtype=np.float32), np.array(8.216182e+19, dtype=np.float32), np.array(3.30437076e+19)],
@@ -473,12 +467,14 @@ KNOWN_CLIPPING_BUGS = [
      "clip_grad_norm_", {"foreach": None, "norm_type": 0.625, "error_if_nonfinite": False, "max_norm": 1.0}),
     ([np.array([], dtype=np.float32)], "get_total_norm",
      {"foreach": None, "norm_type": float("inf"), "error_if_nonfinite": False}),
+    ([np.array(3.455842e+19, dtype=np.float32), np.array(8.216182e+19, dtype=np.float32)],
+     "clip_grad_norm_", {"foreach": None, "norm_type": 2.0, "error_if_nonfinite": True, "max_norm": 1.0}),
 ]
 
-@pytest.mark.parametrize("case", range(len(KNOWN_CLIPPING_BUGS)))
-def test_known_clipping_bugs(case):
+@pytest.mark.parametrize("case", range(len(FOUND_CLIPPING_BUGS)))
+def test_found_clipping_bugs_stay_fixed(case):
     torch = require_torch()
-    grads, fn, kw = KNOWN_CLIPPING_BUGS[case]
+    grads, fn, kw = FOUND_CLIPPING_BUGS[case]
     (mine, mgrads), (ref, tgrads) = _clip_call("minima", torch, grads, fn, kw), _clip_call("torch", torch, grads, fn, kw)
     assert mine[0] == ref[0], f"{mine} vs torch's {ref}"
     if mine[0] == "error": assert mine == ref

@@ -11,8 +11,8 @@ import numpy as np
 
 # %% ../../nbs/11_clipping.ipynb #f5a1b037
 def _vector_norm(x, p, op="linalg.vector_norm"):
-    """The `p`-norm of all entries of `x`, in its dtype
-    (`torch.linalg.vector_norm`); float32 accumulates in float64."""
+    """The `p`-norm of all entries of `x`, computed in its dtype
+    (`torch.linalg.vector_norm` on the CPU)."""
     a = np.abs(x)
     if a.size == 0 and (p < 0 or math.isinf(p)):
         name = "infinity" if op == "_foreach_norm" else _norm_name(p)
@@ -28,15 +28,16 @@ def _vector_norm(x, p, op="linalg.vector_norm"):
         return np.asarray(
             np.count_nonzero(a), dtype=a.dtype
         )  # the number of non-zero entries
-    wide = (
-        a.astype(np.float64) if a.dtype.itemsize < 8 else a
-    )  # PyTorch's CPU reductions accumulate in double
-    if p == 1:
-        return wide.sum().astype(a.dtype)
-    if p == 2:
-        return np.sqrt((wide * wide).sum()).astype(a.dtype)
-    with np.errstate(divide="ignore"):  # 0 ** negative p is inf
-        return ((wide**p).sum() ** (1 / p)).astype(a.dtype)
+    if a.size == 1:  # torch returns the one magnitude, never raised to p
+        return a.reshape(())
+    # float32 accumulates in float32, as torch's CPU norms do: squares above
+    # 3.4e38 overflow to inf there too (silently); 0 ** -p is inf
+    with np.errstate(divide="ignore", over="ignore"):
+        if p == 1:
+            return a.sum()
+        if p == 2:
+            return np.sqrt((a * a).sum())
+        return (a**p).sum() ** (1 / p)
 
 
 def _norm_name(p):
