@@ -72,16 +72,53 @@ OPTIONS = {
 }
 OPTIMIZERS = tuple(OPTIONS)
 
+# torch's two optimizers with their own shapes or dtypes (their differential tests are apart): Adafactor (a
+# factored second moment for >= 2 dims, no `fused`), Muon (2-d parameters only, one path, its Newton-Schulz
+# iteration in bfloat16 in torch: compared with `ns_dtype=None` against torch's iteration without the cast).
+# Newton-Schulz coefficients whose polynomial keeps singular values in [0, 1.23] over 8 steps: Keller Jordan's
+# and up to 1% around them, the classic quintic and cubic. Others diverge (2% around Jordan's can; (0, 0, 2)
+# maps x to 2 x^5, overflows float32 in four steps and multiplies any rounding difference by 5 at each step).
+ns_coefficients = st.one_of(st.sampled_from([(3.4445, -4.775, 2.0315), (1.875, -1.25, 0.375), (1.5, -0.5, 0.0)]),
+                            st.tuples(*[st.floats(min(0.99 * v, 1.01 * v), max(0.99 * v, 1.01 * v))
+                                        for v in (3.4445, -4.775, 2.0315)]))
+OTHER_OPTIONS = {
+    "Adafactor": fixed(lr=lrs, beta2_decay=st.one_of(st.just(-0.8), st.floats(-2.0, 0.0)),
+                       eps=st.tuples(st.one_of(st.none(), st.just(1e-30), unit(0.0, 1e-3)),
+                                     st.one_of(st.just(1e-3), unit(0.0, 0.1))),
+                       d=st.one_of(st.just(1.0), st.floats(1.0, 10.0)), weight_decay=weight_decays,
+                       maximize=st.booleans()),
+    "Muon": fixed(lr=unit(0.0, 0.1, specials=(1e-3, 0.02)), weight_decay=st.one_of(st.just(0.1), weight_decays),
+                  momentum=st.one_of(st.just(0.95), unit(0.0, 0.99)), nesterov=st.booleans(),
+                  ns_coefficients=ns_coefficients,
+                  eps=st.one_of(st.just(1e-7), unit(1e-12, 1e-3)), ns_steps=st.integers(0, 8),
+                  adjust_lr_fn=st.sampled_from([None, "original", "match_rms_adamw"])),
+}
+OTHER_PATHS = {"Adafactor": ("for-loop", "foreach"), "Muon": ("for-loop",)}
+MINIMA_ONLY_OPTIONS = {"Muon": {"ns_dtype": None}}   # beyond torch: the iteration in the parameters' dtype
+TORCH_FOR_LOOP = {"Muon": {}}   # torch's Muon has no `foreach`
+
+
+def minima_kwargs(name, options, path):
+    "The keywords that build minima's optimizer `name` on `path`."
+    path_kw = {} if name == "Muon" else PATH_KWARGS[path]   # minima's Muon has one path, no `foreach` either
+    return {**options, **MINIMA_ONLY_OPTIONS.get(name, {}), **path_kw}
+
+
+def torch_kwargs(name, options):
+    "The keywords that build torch's for-loop twin."
+    return {**options, **TORCH_FOR_LOOP.get(name, {"foreach": False})}
+
 # Hyper-parameters a group may override (the rest come from the defaults).
 GROUP_KEYS = {"SGD": ("lr", "momentum", "weight_decay"), "Rprop": ("lr",), "ASGD": ("lr", "weight_decay")}
-for _name in OPTIMIZERS: GROUP_KEYS.setdefault(_name, ("lr", "weight_decay"))
+GROUP_KEYS["Muon"] = ("lr", "weight_decay", "momentum")
+for _name in OPTIMIZERS + tuple(OTHER_OPTIONS): GROUP_KEYS.setdefault(_name, ("lr", "weight_decay"))
 
 
 @st.composite
 def optimizer_configs(draw, names=OPTIMIZERS):
     "(name, options) for one of torch.optim's optimizers, with a valid set of its options."
     name = draw(st.sampled_from(names))
-    options = draw(OPTIONS[name])
+    options = draw(OPTIONS[name] if name in OPTIONS else OTHER_OPTIONS[name])
     if name == "RMSprop" and options["centered"]:
         # sqrt(v - m * m) cancels: alpha >= 1/2 keeps it away from 0 (and lerp's weight below 1/2, see betas)
         options["alpha"] = draw(st.one_of(st.just(0.99), st.floats(0.5, 1.0)))
@@ -90,12 +127,14 @@ def optimizer_configs(draw, names=OPTIMIZERS):
 
 shapes = st.one_of(st.just(()), st.lists(st.integers(0, 4), min_size=1, max_size=3).map(tuple))
 param_specs = st.tuples(shapes, st.sampled_from(DTYPES))
+matrix_specs = st.tuples(st.tuples(st.integers(1, 5), st.integers(1, 5)), st.sampled_from(DTYPES))
+SPECS_OF = {"Muon": matrix_specs}   # the parameters an optimizer takes, when not all shapes
 
 
 @st.composite
 def group_specs(draw, name, options, min_size=1, max_size=3):
     "A group: its parameters' (shape, dtype) and a few overridden hyper-parameters."
-    params = draw(st.lists(param_specs, min_size=min_size, max_size=max_size))
+    params = draw(st.lists(SPECS_OF.get(name, param_specs), min_size=min_size, max_size=max_size))
     overrides = {}
     for key in GROUP_KEYS[name]:
         if draw(st.integers(0, 3)) == 0:   # one group key in four is overridden
@@ -147,7 +186,7 @@ def float64_only(name, options):
 def optimizer_runs(draw, names=OPTIMIZERS, paths=PATHS):
     "Everything one differential example needs: optimizer, options, path, groups, events."
     name, options = draw(optimizer_configs(names))
-    path = draw(st.sampled_from(paths))
+    path = draw(st.sampled_from(OTHER_PATHS.get(name, paths)))
     groups = draw(st.lists(group_specs(name, options), min_size=1, max_size=3))
     if float64_only(name, options):
         groups = [([(shape, "float64") for shape, _ in specs], ov) for specs, ov in groups]

@@ -1,7 +1,7 @@
 """Muon against torch.optim.Muon: the bfloat16 rounding against ml_dtypes and torch, the Newton-Schulz iteration
 against torch's, whole runs in bfloat16 (to the rounding) and, with `ns_dtype=None`, against torch's own Muon made to
 skip its bfloat16 cast (to the book's float64/float32 tolerances), state_dict, groups, validation, torch's optim_db."""
-import copy, inspect, re
+import contextlib, copy, inspect, re
 import numpy as np
 import pytest
 import parity
@@ -25,8 +25,8 @@ def matrices(monkeypatch):
     monkeypatch.setattr(parity, "BEYOND_TORCH_GROUP_KEYS", parity.BEYOND_TORCH_GROUP_KEYS | {"ns_dtype"})
 
 
-@pytest.fixture
-def torch_without_cast(torch, monkeypatch):
+@contextlib.contextmanager
+def without_bfloat16_cast(torch):
     "torch's Muon with its own Newton-Schulz function run on the input's dtype: `.bfloat16()` returns the input."
     import torch.optim._muon as torch_muon
 
@@ -35,8 +35,14 @@ def torch_without_cast(torch, monkeypatch):
 
     original = torch_muon._zeropower_via_newtonschulz
     def zeropower(grad, *args): return original(grad.as_subclass(NoCast), *args)
-    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", zeropower)
-    return zeropower
+    torch_muon._zeropower_via_newtonschulz = zeropower
+    try: yield zeropower
+    finally: torch_muon._zeropower_via_newtonschulz = original
+
+
+@pytest.fixture
+def torch_without_cast(torch):
+    with without_bfloat16_cast(torch) as zeropower: yield zeropower
 
 
 # ---- bfloat16 ----

@@ -2,7 +2,7 @@
 `foreach=True`, `fused=True`) against torch's for-loop path, on random options, parameter lists and runs of
 events; and the invariants that need no oracle. Strategies live in tests/strategies.py, profiles in
 tests/hypothesis_profiles.py ("ci" by default; "thorough" for long runs)."""
-import copy, warnings
+import contextlib, copy, warnings
 import numpy as np
 import pytest
 from hypothesis import given, example, note, strategies as st
@@ -12,6 +12,7 @@ from hypothesis_profiles import examples
 import strategies as S
 from conftest import require_torch
 from parity import Param, expected_group_keys
+from test_muon import without_bfloat16_cast
 import minima.optim as mo
 
 TOL = {np.float32: 2e-5, np.float64: 1e-10}
@@ -88,8 +89,8 @@ class Twin:
         for specs, overrides in groups:
             m, t = self._params(specs)
             mgroups.append({"params": m, **overrides}); tgroups.append({"params": t, **overrides})
-        self.mopt = self.mcls(mgroups, **options, **S.PATH_KWARGS[path])
-        self.topt = self.tcls(tgroups, **options, foreach=False)
+        self.mopt = self.mcls(mgroups, **S.minima_kwargs(name, options, path))
+        self.topt = self.tcls(tgroups, **S.torch_kwargs(name, options))
 
     def _params(self, specs):
         arrays = new_arrays(specs, self.rng)
@@ -100,6 +101,11 @@ class Twin:
     def params(self):
         return ([p for g in self.mopt.param_groups for p in g["params"]],
                 [p for g in self.topt.param_groups for p in g["params"]])
+
+    def minima_snapshot(self):
+        "Copies of minima's parameters, gradients and state, in parameter order."
+        return [(p.data.copy(), None if p.grad is None else p.grad.copy(), copy.deepcopy(self.mopt.state.get(p, {})))
+                for p in self.params[0]]
 
     def snapshot(self):
         return torch_snapshot(self.topt, self.params[1])
@@ -132,14 +138,19 @@ class Twin:
                 q = Param(p.data.copy()); q.grad = None if p.grad is None else p.grad.copy()
                 fresh.append(q)
             groups.append({"params": fresh})
-        self.mopt = self.mcls(groups, **self.options, **S.PATH_KWARGS[self.path])
+        self.mopt = self.mcls(groups, **S.minima_kwargs(self.name, self.options, self.path))
         self.mopt.load_state_dict(sd)
 
     def apply(self, event):
         kind = event[0]
         if kind == "step":
             self.set_grads(*event[1:])
-            self.mopt.step(); self.topt.step()
+            before = self.minima_snapshot()
+            mine, ref = raised(self.mopt.step), raised(self.topt.step)
+            assert type(mine) is type(ref), f"step: minima raised {mine!r}, torch {ref!r}"
+            if ref is not None:   # refused: by minima before anything changed; the run ends there
+                assert deep_equal(self.minima_snapshot(), before), "a refused step changed minima's optimizer"
+                return "refused"
         elif kind == "lr":
             k = event[1] % len(self.mopt.param_groups)
             self.mopt.param_groups[k]["lr"] = self.topt.param_groups[k]["lr"] = event[2]
@@ -154,15 +165,22 @@ class Twin:
             self.roundtrip()
 
 
+def raised(step):
+    "The exception `step()` raised, or None."
+    try: step()
+    except Exception as e: return e
+
+
 def run_differential(name, options, path, groups, evs):
     note(f"{name}({options}) on the {path} path; groups {groups}; events {evs}")
-    with warnings.catch_warnings():
+    torch = require_torch()
+    with warnings.catch_warnings(), (without_bfloat16_cast(torch) if name == "Muon" else contextlib.nullcontext()):
         warnings.simplefilter("ignore")
         twin = Twin(name, options, path, groups)
         twin.check("at the start")
         for n, ev in enumerate(evs):
             before = twin.snapshot()
-            twin.apply(ev)
+            if twin.apply(ev) == "refused": break
             twin.check(f"after event {n} {ev[0]}", before)
 
 
@@ -173,8 +191,10 @@ def test_optimizer_matches_torch(run):
     run_differential(*run)
 
 
-# One test per optimizer too, so that each gets its share of examples (and a failure names the optimizer).
-@pytest.mark.parametrize("name", S.OPTIMIZERS)
+# One test per optimizer too, so that each gets its share of examples (and a failure names the optimizer):
+# torch's elementwise optimizers, and Adafactor and Muon (Muon with `ns_dtype=None` against torch's Muon with its
+# iteration in the parameters' dtype; its bfloat16 runs are held to the rounding in tests/test_muon.py).
+@pytest.mark.parametrize("name", S.OPTIMIZERS + tuple(S.OTHER_OPTIONS))
 @examples(20)
 @given(data=st.data())
 def test_each_optimizer_matches_torch(name, data):
@@ -187,7 +207,7 @@ def minima_run(name, options, path, groups, steps, seed=0, grad_map=lambda g: g)
     rng = param_rng(seed)
     params = [[Param(a) for a in new_arrays(specs, rng)] for specs, _ in groups]
     opt = getattr(mo, name)([{"params": ps, **ov} for ps, (_, ov) in zip(params, groups)],
-                            **options, **S.PATH_KWARGS[path])
+                            **S.minima_kwargs(name, options, path))
     flat = [p for ps in params for p in ps]
     history = [[p.data.copy() for p in flat]]
     for mask, scale, gseed in steps:
@@ -216,6 +236,18 @@ plain_groups = st.lists(st.tuples(st.lists(S.param_specs, min_size=1, max_size=3
 
 
 @st.composite
+def configs_paths_groups(draw, names=S.OPTIMIZERS + tuple(S.OTHER_OPTIONS)):
+    "An optimizer, its options, one of its paths and groups of parameters it takes (no overrides)."
+    name, options = draw(S.optimizer_configs(names))
+    path = draw(st.sampled_from(S.OTHER_PATHS.get(name, S.PATHS)))
+    specs = S.SPECS_OF.get(name, S.param_specs)
+    if name == "Adafactor":   # an empty parameter has no RMS: refused (test_adafactor_refuses_an_empty_parameter)
+        specs = specs.filter(lambda spec: 0 not in spec[0])
+    groups = draw(st.lists(st.tuples(st.lists(specs, min_size=1, max_size=3), st.just({})), min_size=1, max_size=3))
+    return name, options, path, groups
+
+
+@st.composite
 def no_decay_configs(draw):
     name, options = draw(S.optimizer_configs(("SGD", "Adam", "AdamW")))
     options = {**options, "weight_decay": 0.0}
@@ -234,9 +266,9 @@ def test_zero_gradients_change_nothing(config, path, groups, steps):
 
 
 @examples(50)
-@given(S.optimizer_configs(), st.sampled_from(S.PATHS), plain_groups, step_lists)
-def test_maximize_is_minimizing_the_negated_gradient(config, path, groups, steps):
-    name, options = config
+@given(configs_paths_groups(S.OPTIMIZERS + ("Adafactor",)), step_lists)   # Muon has no `maximize`
+def test_maximize_is_minimizing_the_negated_gradient(config, steps):
+    name, options, path, groups = config
     up = collect(minima_run(name, {**options, "maximize": True}, path, groups, steps))
     down = collect(minima_run(name, {**options, "maximize": False}, path, groups, steps, grad_map=np.negative))
     for a, b in zip(up, down):
@@ -279,9 +311,9 @@ def deep_equal(a, b):
 
 
 @examples(50)
-@given(S.optimizer_configs(), st.sampled_from(S.PATHS), plain_groups, step_lists)
-def test_loading_its_own_state_dict_changes_nothing(config, path, groups, steps):
-    name, options = config
+@given(configs_paths_groups(), step_lists)
+def test_loading_its_own_state_dict_changes_nothing(config, steps):
+    name, options, path, groups = config
     plain = collect(minima_run(name, options, path, groups, steps))
     reloaded = minima_run(name, options, path, groups, steps)
     try:
@@ -585,6 +617,37 @@ def test_rmsprop_cancelling_step_in_float32_is_within_tolerance_of_its_operands(
         mine.step(); ref.step()
         assert_close(p.data, t.detach().numpy(), "param", operands=(before,))
     assert abs(before) > 1e7 and p.data != t.detach().numpy()   # the cancellation happened and differs by an ulp
+
+
+# FIXED BUG (pinned), found when Adafactor joined the differential tests: an empty parameter. torch's Adafactor
+# divides its RMS by sqrt(numel) = 0 and raises ZeroDivisionError mid-step (its state already changed); minima's
+# raised the same from inside the kernel, after earlier parameters had moved. Now minima refuses before the step
+# (Adafactor._check_before_step), with torch's type and a message naming the parameter; nothing changes.
+def test_adafactor_refuses_an_empty_parameter_before_anything_changes():
+    torch = require_torch()
+    full, empty = Param(np.ones(3)), Param(np.zeros((0, 2)))
+    full.grad, empty.grad = np.ones(3), np.zeros((0, 2))
+    t = torch.zeros((0, 2), dtype=torch.float64, requires_grad=True); t.grad = torch.zeros((0, 2), dtype=torch.float64)
+    with pytest.raises(ZeroDivisionError): torch.optim.Adafactor([t]).step()
+    opt = mo.Adafactor([full, empty])
+    with pytest.raises(ZeroDivisionError, match=r"parameter 1 of group 0: it is empty \(shape \(0, 2\)\)"):
+        opt.step()
+    np.testing.assert_array_equal(full.data, np.ones(3))
+    assert not opt.state
+
+
+# FIXED BUG (pinned), found when Muon joined the differential tests: the norm that scales Newton-Schulz's input.
+# torch's CPU norm of a single entry is its magnitude, minima's `np.linalg.norm` squared it: a float32 gradient
+# of 1e20 made the norm inf and the update 0. Sums of more entries overflow in float32 in both (torch sums in
+# float32 too), which `minima.optim.muon._frobenius_norm` now also does.
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3), (2, 2)])
+@given(st.just(None))
+@example(None)
+def test_muon_norm_of_huge_float32_gradients_matches_torch(shape, _):
+    run_differential("Muon", {"lr": 0.001, "weight_decay": 0.1, "momentum": 0.0, "nesterov": True,
+                              "ns_coefficients": (3.4445, -4.775, 2.0315), "eps": 1e-07, "ns_steps": 0,
+                              "adjust_lr_fn": None},
+                     "for-loop", [([(shape, "float32")], {"weight_decay": 0.0})], [("step", "n", 1e20, 1)])
 
 
 @st.composite

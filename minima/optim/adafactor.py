@@ -145,6 +145,17 @@ class Adafactor(Optimizer):
         )
         super().__init__(params, defaults)
 
+    def _check_before_step(self):
+        "An empty parameter has no RMS (0 / 0): refused before the step."
+        for i, group in enumerate(self.param_groups):
+            for j, p in enumerate(group["params"]):
+                if p.grad is not None and p.data.size == 0:
+                    raise ZeroDivisionError(  # torch's type, mid-step there
+                        f"Adafactor can't step parameter {j} of group {i}: "
+                        f"it is empty (shape {p.data.shape}), and its RMS "
+                        "is 0 / 0 (float division by zero)"
+                    )
+
     def _group_state(self, p, group):
         "The state of `p`, created at its first step: factors for >= 2 dims."
         state = self.state[p]

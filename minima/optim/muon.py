@@ -48,6 +48,15 @@ def _check_ns(ns_coefficients, ns_steps):
         raise ValueError("Coefficients must be a tuple of exactly 3 values")
 
 
+def _frobenius_norm(X: np.ndarray) -> np.ndarray:
+    """sqrt of the sum of squares, summed in X's dtype as torch's CPU norm is
+    (squares beyond float32's range make it inf); one entry is its magnitude."""
+    if X.size == 1:  # torch's norm of one entry never squares it
+        return np.abs(X).reshape(())
+    with np.errstate(over="ignore"):
+        return np.sqrt((X * X).sum())
+
+
 def newton_schulz(
     G: np.ndarray,  # a matrix
     ns_coefficients: tuple = (3.4445, -4.7750, 2.0315),  # a, b, c
@@ -65,7 +74,7 @@ def newton_schulz(
     X = rnd(G.T if tall else G)
     T = X.dtype.type  # the scalars meet the arrays in the working dtype
     a, b, c = (T(v) for v in ns_coefficients)
-    X = rnd(X / rnd(np.maximum(rnd(np.linalg.norm(X)), T(eps))))
+    X = rnd(X / rnd(np.maximum(rnd(_frobenius_norm(X)), T(eps))))
     for _ in range(ns_steps):
         A = rnd(X @ X.T)
         B = rnd(b * A + c * (A @ A))

@@ -370,6 +370,8 @@ def _check_grads(optimizer):
             ):
                 where = f"parameter {j} of group {i}"
                 raise _grad_error(optimizer, g, data, where)
+    if hasattr(optimizer, "_check_before_step"):  # an optimizer's own checks
+        optimizer._check_before_step()
 
 
 def _checked_step_args(optimizer, args: tuple, kwargs: dict):
