@@ -93,13 +93,16 @@ class Twins:
         for p, g in zip(self.tparams, grads): p.grad = self.torch.from_numpy(g)
         return self.torch.tensor(loss)
 
-    def step_and_check(self, k):
+    def step_and_check(self, k, slack=0.0):
+        "One step of each; `slack`: how far rounding alone moves torch at this step (see torch_spreads)."
         mloss, tloss = self.mopt.step(self.mclosure), self.topt.step(self.tclosure)
-        np.testing.assert_allclose(float(mloss), float(tloss), rtol=RTOL, atol=1e-12, err_msg=f"loss at step {k}")
+        np.testing.assert_allclose(float(mloss), float(tloss), rtol=RTOL, atol=1e-12 + slack,   # f at the last x
+                                   err_msg=f"loss at step {k}")
         for i, (m, t) in enumerate(zip(self.mparams, self.tparams)):
             ref = t.detach().numpy()
-            np.testing.assert_allclose(m.data, ref, rtol=RTOL, atol=RTOL * max(1.0, np.abs(ref).max()),
-                                       err_msg=f"param {i} after step {k}")
+            np.testing.assert_allclose(m.data, ref, rtol=RTOL, atol=RTOL * max(1.0, np.abs(ref).max()) + slack,
+                                       err_msg=f"param {i} after step {k} (slack {slack:.2g})")
+        if slack > 0: return   # where torch moves under a one-ulp change, its iteration counts may too
         mstate, tstate = self.mopt.state[self.mparams[0]], self.topt.state[self.tparams[0]]
         assert (mstate["func_evals"], mstate["n_iter"]) == (tstate["func_evals"], tstate["n_iter"]), f"step {k}"
 
@@ -128,11 +131,34 @@ def assert_state_matches(mstate, tstate):
         else: np.testing.assert_allclose(as_numpy(mv), as_numpy(tv), **STATE_TOL, err_msg=key)
 
 
+def torch_spreads(torch, problem, kwargs, steps):
+    "How far torch's own run moves, after each step, when its start moves by one ulp."
+    f, start = PROBLEMS[problem]
+    runs = []
+    for arrays in (start(), [np.nextafter(a, np.inf) for a in start()]):
+        params = [torch.tensor(a, requires_grad=True) for a in arrays]
+        opt = torch.optim.LBFGS(params, **kwargs)
+        def closure():
+            loss, grads = f([p.detach().numpy() for p in params])
+            for p, g in zip(params, grads): p.grad = torch.from_numpy(g)
+            return loss
+        runs.append([opt.step(closure) and [p.detach().numpy().copy() for p in params] for _ in range(steps)])
+    return [max(np.abs(a - b).max() for a, b in zip(x, y)) for x, y in zip(*runs)]
+
+
+# Where torch itself is sensitive to rounding (a one-ulp change of its start moves it by more than 1e-10), the
+# tolerance grows by 1000 times that spread; numpy 2.4's summation order made one Rosenbrock case (strong Wolfe,
+# tolerance_change=1e-4: torch moves by 4.5e-9) differ by 7.6e-10 where earlier NumPy versions happened to agree.
+SENSITIVITY = 1e3
+
+
 @pytest.mark.parametrize("problem, kwargs", CASES, ids=[f"{p}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}"
                                                        for p, kw in CASES])
 def test_parity_every_step(torch, problem, kwargs):
     twins = Twins(torch, problem, kwargs)
-    for k in range(6): twins.step_and_check(k)
+    spreads = torch_spreads(torch, problem, kwargs, 6)
+    for k in range(6):
+        twins.step_and_check(k, slack=SENSITIVITY * spreads[k] if spreads[k] > RTOL else 0.0)
 
 
 def test_fixed_step_rosenbrock_first_steps(torch):
