@@ -17,7 +17,6 @@ from hypothesis import event, given, note, strategies as st
 
 import hypothesis_profiles  # noqa: F401  (registers and loads the profiles)
 from hypothesis_profiles import examples
-import strategies as S
 from conftest import require_torch
 from parity import Param
 from minima.optim.lbfgs import LBFGS
@@ -25,7 +24,7 @@ from minima.optim.lbfgs import LBFGS
 RTOL = 1e-10
 # The state holds gradient differences y = g_k+1 - g_k and ro = 1 / (y . s), which lose digits to cancellation as
 # the run converges (y . s of 7e-10 from gradients of 1e-5 keeps 8 of 16 digits): compared to 1e-6, plus 1000
-# times torch's own spread. Wrong keys, lengths or values show here; small differences also reach the parameters.
+# times the twins' spread. Wrong keys, lengths or values show here; small differences also reach the parameters.
 STATE_TOL = dict(rtol=1e-6, atol=1e-10)
 SENSITIVITY = 1e3   # a twin's start differs once by one ulp; the two sides' roundings differ at every operation
 
@@ -77,9 +76,9 @@ def objective(coeffs):
 # Parameters within 1e-8 of the minimum (relative to it, or to 1, the scale of the start) are at the rounding
 # floor: they got there by cancellation (x (1 - t H a) with t H a near 1), x - m keeps few digits, the gradient
 # is mostly rounding, L-BFGS's curvature pairs are differences of noise and each implementation's noise is its
-# own, so from then on two correct implementations go different ways (one reaches 0 exactly, one 1e-17). The comparison stops at the first
-# step that reaches it (a quadratic is minimized exactly in a few iterations); tests/test_lbfgs.py holds fixed
-# runs to 1e-10 there.
+# own, so from then on two correct implementations go different ways (one reaches 0 exactly, one 1e-17). The
+# comparison stops at the first step that reaches it (a quadratic is minimized exactly in a few iterations);
+# tests/test_lbfgs.py holds fixed runs to 1e-10 there.
 FLOOR = 1e-8
 
 
@@ -151,7 +150,8 @@ def assert_same_state(mine, ref, mine_near, ref_near, when):
                 assert m.shape == r.shape; continue   # its dot products cancel, and they never reach the result
             spreads = spread(r, ref_near[key][i]), spread(m, mine_near[key][i])
             if None in spreads: continue
-            np.testing.assert_allclose(m, r, rtol=STATE_TOL["rtol"], atol=STATE_TOL["atol"] + SENSITIVITY * max(spreads),
+            atol = STATE_TOL["atol"] + SENSITIVITY * max(spreads)
+            np.testing.assert_allclose(m, r, rtol=STATE_TOL["rtol"], atol=atol,
                                        err_msg=f"state[{key!r}][{i}] {when} (spreads from the twins {spreads})")
 
 
