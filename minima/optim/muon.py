@@ -50,7 +50,7 @@ def _check_ns(ns_coefficients, ns_steps):
 
 def _frobenius_norm(X: np.ndarray) -> np.ndarray:
     """sqrt of the sum of squares, summed in X's dtype as torch's CPU norm is
-    (squares beyond float32's range make it inf); one entry is its magnitude."""
+    (squares past float32's range make it inf); one entry is its magnitude."""
     if X.size == 1:  # torch's norm of one entry never squares it
         return np.abs(X).reshape(())
     with np.errstate(over="ignore"):
